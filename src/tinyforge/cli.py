@@ -1,0 +1,132 @@
+"""The `tinyforge` command: a thin layer over the Python API (each command composes library calls)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tinyforge import __version__
+
+app = typer.Typer(
+    name="tinyforge",
+    help="Self-improvement of open language models at code and math, measured honestly.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Folder with the benchmark files (default: TINYFORGE_DATA_DIR, a shared/data/"
+                 "benchmarks folder above the working directory, else a download cache)."),
+]
+
+
+def fail(msg: str) -> None:
+    """A one-line error for the user, exit code 2."""
+    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """Yields `start(label, total) -> advance(n)`; bars draw on stderr and vanish on a non-terminal."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=False, disable=not console.is_terminal) as p:
+
+        def start(label: str, total: int) -> Callable[[int], None]:
+            task = p.add_task(label, total=total)
+            return lambda n=1: p.advance(task, n)
+
+        yield start
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More logging.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False, show_time=False)])
+    if version:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.command()
+def benchmarks() -> None:
+    """List the benchmarks tinyforge knows."""
+    from tinyforge.data import BENCHMARKS
+
+    table = Table("name", "aliases", "description")
+    for b in BENCHMARKS.values():
+        table.add_row(b.name, ", ".join(b.aliases), b.description)
+    Console().print(table)
+
+
+@app.command()
+def score(
+    bench: Annotated[str, typer.Option("--bench", help="Benchmark name (see `tinyforge benchmarks`).")],
+    samples: Annotated[Path, typer.Option("--samples", help="JSONL: task_id + solution (whole program) "
+                                          "or completion (appended to the prompt); any number per task.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: result.json and samples.jsonl.")],
+    data_dir: DataDirOpt = None,
+    workers: Annotated[int | None, typer.Option(help="Sandbox workers (default: one per core).")] = None,
+) -> None:
+    """Score pre-generated samples (evalplus format) and write DIR/result.json and DIR/samples.jsonl."""
+    from tinyforge.data import DataError, get_benchmark
+    from tinyforge.evaluate.score import ScoreError, read_samples, write_results
+    from tinyforge.evaluate.score import score as score_samples
+    from tinyforge.sandbox import SandboxPool
+
+    try:
+        name = get_benchmark(bench).name
+        recs = read_samples(samples)
+        if not recs:
+            fail(f"{samples}: no samples")
+        originals = [dict(r) for r in recs]
+        with SandboxPool(workers) as pool, progress_bars() as bars:
+            summary, results = score_samples(name, recs, data_dir=data_dir, pool=pool, progress=bars)
+        summary["samples_file"] = str(samples)
+        path = write_results(out, summary, results, originals)
+    except (DataError, ScoreError, KeyError) as e:
+        fail(str(e).strip("'\""))
+    _print_summary(summary)
+    console.print(f"wrote {path} and {path.parent / 'samples.jsonl'}")
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    keys = [k for k in summary if k.startswith("pass@")]
+    line = ", ".join(f"{k} {100 * summary[k]:.1f}%" for k in keys)
+    extra = ""
+    if "base" in summary:
+        extra = f" (base pass@1 {100 * summary['base']['pass@1']:.1f}%)"
+    print(f"{summary['bench']}: {summary['n_tasks']} tasks, {summary['n_samples']} samples: {line}{extra}")
+    if summary.get("skipped_tasks"):
+        print(f"skipped {len(summary['skipped_tasks'])} task(s) with missing libraries")
+
+
+@app.command()
+def doctor() -> None:
+    """Show which sandbox isolation layers this machine offers."""
+    from tinyforge.sandbox import capabilities
+
+    caps = capabilities()
+    print(json.dumps({"bubblewrap": caps.bwrap, "cgroups": sorted(caps.cgroup_root),
+                      "python": sys.version.split()[0], "tinyforge": __version__}, indent=2))
+
+
+if __name__ == "__main__":
+    app()

