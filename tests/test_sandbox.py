@@ -326,3 +326,18 @@ def test_pool_map_keeps_order_and_uses_all_workers(pool):
     jobs = [TestJob(ADD, f"assert add({i}, 1) == {i + 1 if i % 3 else -1}") for i in range(30)]
     res = pool.map(jobs)
     assert [r.passed for r in res] == [i % 3 != 0 for i in range(30)]
+
+
+def test_workers_outlive_the_threads_that_started_them():
+    # bubblewrap's --die-with-parent is tied to the starting *thread*: a pool first used from a short-lived
+    # thread must still work afterwards.
+    with SandboxPool(workers=2) as p:
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(p.run_tests(ADD, ADD_TESTS))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [r.status for r in results] == ["passed", "passed"]
+        time.sleep(0.2)
+        assert [r.status for r in p.map([TestJob(ADD, ADD_TESTS)] * 4)] == ["passed"] * 4

@@ -13,7 +13,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from tinyforge import __version__
@@ -29,8 +36,11 @@ console = Console(stderr=True)
 
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Folder with the benchmark files (default: TINYFORGE_DATA_DIR, a shared/data/"
-                 "benchmarks folder above the working directory, else a download cache)."),
+    typer.Option(
+        "--data-dir",
+        help="Folder with the benchmark files (default: TINYFORGE_DATA_DIR, a shared/data/"
+        "benchmarks folder above the working directory, else a download cache).",
+    ),
 ]
 
 
@@ -43,8 +53,16 @@ def fail(msg: str) -> None:
 @contextmanager
 def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
     """Yields `start(label, total) -> advance(n)`; bars draw on stderr and vanish on a non-terminal."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=False, disable=not console.is_terminal) as p:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    ) as p:
 
         def start(label: str, total: int) -> Callable[[int], None]:
             task = p.add_task(label, total=total)
@@ -58,8 +76,11 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More logging.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False, show_time=False)])
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+    )
     if version:
         print(__version__)
         raise typer.Exit()
@@ -79,8 +100,14 @@ def benchmarks() -> None:
 @app.command()
 def score(
     bench: Annotated[str, typer.Option("--bench", help="Benchmark name (see `tinyforge benchmarks`).")],
-    samples: Annotated[Path, typer.Option("--samples", help="JSONL: task_id + solution (whole program) "
-                                          "or completion (appended to the prompt); any number per task.")],
+    samples: Annotated[
+        Path,
+        typer.Option(
+            "--samples",
+            help="JSONL: task_id + solution (whole program) "
+            "or completion (appended to the prompt); any number per task.",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Output folder: result.json and samples.jsonl.")],
     data_dir: DataDirOpt = None,
     workers: Annotated[int | None, typer.Option(help="Sandbox workers (default: one per core).")] = None,
@@ -119,13 +146,48 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 @app.command()
+def selfcheck(
+    bench: Annotated[str, typer.Option("--bench", help="Benchmark name.")] = "humaneval",
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/selfcheck"),
+    data_dir: DataDirOpt = None,
+    workers: Annotated[int | None, typer.Option(help="Sandbox workers (default: one per core).")] = None,
+) -> None:
+    """Score the benchmark's own canonical solutions: a harness that works gives 100%."""
+    from tinyforge.data import DataError, load_benchmark
+
+    try:
+        tasks = load_benchmark(bench, data_dir)
+    except (DataError, KeyError) as e:
+        fail(str(e).strip("'\""))
+    out.mkdir(parents=True, exist_ok=True)
+    samples = out / "canonical.jsonl"
+    with samples.open("w") as f:
+        for t in tasks:
+            f.write(json.dumps({"task_id": t.task_id, "solution": t.canonical_solution}) + "\n")
+    score(bench=bench, samples=samples, out=out, data_dir=data_dir, workers=workers)
+    failed = [json.loads(line) for line in (out / "samples.jsonl").open()]
+    failed = [r for r in failed if not r["passed"]]
+    for r in failed:
+        print(f"  canonical fails: {r['task_id']}: {r['status']} {r.get('detail', '')}")
+
+
+@app.command()
 def doctor() -> None:
     """Show which sandbox isolation layers this machine offers."""
     from tinyforge.sandbox import capabilities
 
     caps = capabilities()
-    print(json.dumps({"bubblewrap": caps.bwrap, "cgroups": sorted(caps.cgroup_root),
-                      "python": sys.version.split()[0], "tinyforge": __version__}, indent=2))
+    print(
+        json.dumps(
+            {
+                "bubblewrap": caps.bwrap,
+                "cgroups": sorted(caps.cgroup_root),
+                "python": sys.version.split()[0],
+                "tinyforge": __version__,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

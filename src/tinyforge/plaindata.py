@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import hashlib
 import json
 import math
 import sys
@@ -259,3 +260,82 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH, max_size: int = MAX_
         raise ValueError("plain data nested too deeply") from None
     # json.JSONDecodeError and UnicodeDecodeError are ValueErrors already.
     return decode(parsed, max_depth=max_depth, max_size=max_size)
+
+
+# ---------------------------------------------------------------- digest
+
+
+def digest(obj: Any) -> str | None:
+    """A sha256 of plain data such that, for values without NaN, ``a == b`` iff ``digest(a) == digest(b)``.
+
+    Used to compare large outputs without moving them: numbers that compare equal across types
+    (``True == 1 == 1.0 == 1+0j``) share a form, sets and dicts are order-free, lists and tuples
+    differ (``[1] != (1,)``), as do str and bytes. None when the value holds a NaN (NaN equals
+    nothing) or is not plain data.
+    """
+    h = hashlib.sha256()
+    try:
+        _canon(obj, h, MAX_DEPTH)
+    except (_NoDigest, TypeError, RecursionError):
+        return None
+    return h.hexdigest()
+
+
+class _NoDigest(Exception):
+    pass
+
+
+def _canon_number(x: Any) -> bytes:
+    if type(x) is complex:
+        if x.imag != 0 or x.imag != x.imag:
+            if x.real != x.real or x.imag != x.imag:
+                raise _NoDigest
+            return b"c" + _canon_number(x.real) + b"," + _canon_number(x.imag) + b";"
+        x = x.real
+    if type(x) is float:
+        if x != x:
+            raise _NoDigest
+        if math.isinf(x):
+            return b"f" + (b"inf" if x > 0 else b"-inf") + b";"
+        if not x.is_integer():
+            return b"f" + float.hex(x).encode() + b";"
+        x = int(x)
+    return b"i" + hex(int(x)).encode() + b";"
+
+
+def _canon(x: Any, h: Any, depth: int) -> None:
+    if depth < 0:
+        raise _NoDigest
+    t = type(x)
+    if t is bool or t is int or t is float or t is complex:
+        h.update(_canon_number(x))
+    elif x is None:
+        h.update(b"n;")
+    elif t is str:
+        b = x.encode("utf-8", "surrogatepass")
+        h.update(b"s%d:" % len(b) + b)
+    elif t is bytes:
+        h.update(b"b%d:" % len(x) + x)
+    elif t is list or t is tuple:
+        h.update(b"[" if t is list else b"(")
+        for v in x:
+            _canon(v, h, depth - 1)
+        h.update(b"]" if t is list else b")")
+    elif t is set or t is frozenset:
+        parts = sorted(_sub_digest(v, depth) for v in x)
+        h.update(b"{%d:" % len(parts) + b"".join(parts) + b"}")
+    elif t is dict or t is collections.Counter:
+        parts = sorted(_sub_digest(k, depth) + _sub_digest(v, depth) for k, v in x.items())
+        h.update(b"<%d:" % len(parts) + b"".join(parts) + b">")
+    else:
+        np = sys.modules.get("numpy")
+        if np is not None and t.__module__ == "numpy" and isinstance(x, (np.ndarray, np.generic)):
+            _canon(x.tolist() if isinstance(x, np.ndarray) else x.item(), h, depth)
+        else:
+            raise _NoDigest
+
+
+def _sub_digest(x: Any, depth: int) -> bytes:
+    sub = hashlib.sha256()
+    _canon(x, sub, depth - 1)
+    return sub.digest()

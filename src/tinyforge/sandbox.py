@@ -27,6 +27,7 @@ process died or exited before the tests finished: segfault, kill, `sys.exit`/`os
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import functools
 import itertools
@@ -88,6 +89,7 @@ class IOResult:
     statuses: list[str]  # per input reached: "ok", "failed", "error", "timeout", "memory"
     outputs: list[Any]
     times: list[float]
+    details: list[str] = field(default_factory=list)  # per input: the exception, where one was raised
     duration: float = 0.0
 
 
@@ -116,6 +118,9 @@ class IOJob:
     time_limits: Sequence[float]
     timeout: float = 60.0
     stop_on_error: bool = True
+    not_none: bool = False  # return `out is not None` instead of out (EvalPlus' regex-match tasks)
+    digest_over: int = 0  # outputs whose JSON is longer come back as a `Digest` (0: always whole) ...
+    full: Sequence[int] = ()  # ... except at these input indices (and float outputs, always whole)
 
     def payload(self) -> dict:
         return {
@@ -125,7 +130,17 @@ class IOJob:
             "inputs": [plaindata.encode(list(x)) for x in self.inputs],
             "time_limits": list(self.time_limits),
             "stop_on_error": self.stop_on_error,
+            "not_none": self.not_none,
+            "digest_over": self.digest_over,
+            "full": list(self.full),
         }
+
+
+@dataclass(frozen=True)
+class Digest:
+    """Stands for a large output that stayed in the sandbox: `plaindata.digest` of it."""
+
+    sha256: str
 
 
 Job = TestJob | IOJob
@@ -145,8 +160,12 @@ def _warn_once(key: str, msg: str) -> None:
 
 def _import_paths() -> list[str]:
     """The interpreter's own import path (not this process's, which test runners and apps extend)."""
-    out = subprocess.run([sys.executable, "-I", "-c", "import sys, json; print(json.dumps(sys.path))"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", "import sys, json; print(json.dumps(sys.path))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return json.loads(out.stdout) if out.returncode == 0 else []
 
 
@@ -167,8 +186,20 @@ def _readable_roots() -> list[str]:
     return out
 
 
-_ETC = ("localtime", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "fonts", "mime.types",
-        "nsswitch.conf", "passwd", "group", "ssl", "matplotlibrc")
+_ETC = (
+    "localtime",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "fonts",
+    "mime.types",
+    "nsswitch.conf",
+    "passwd",
+    "group",
+    "ssl",
+    "matplotlibrc",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -187,16 +218,62 @@ def _bind_args() -> tuple[str, ...]:
 
 
 def _bwrap_command(python: str, limits: Limits) -> list[str]:
-    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-           "--clearenv", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", "/tmp",
-           "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
-           "--setenv", "MPLBACKEND", "Agg", "--setenv", "OMP_NUM_THREADS", "1",
-           "--setenv", "OPENBLAS_NUM_THREADS", "1", "--setenv", "TINYFORGE_SCRATCH", "/tmp"]
-    cmd += [*_bind_args(), "--proc", "/proc", "--dev", "/dev",
-            "--size", str(16 << 20), "--tmpfs", "/dev/shm",
-            "--size", str(limits.scratch_mb << 20), "--tmpfs", "/tmp",
-            "--remount-ro", "/", "--chdir", "/tmp",
-            python, "-I", str(_CHILD), "--pidns"]
+    cmd = [
+        "bwrap",
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        "/usr/local/bin:/usr/bin:/bin",
+        "--setenv",
+        "HOME",
+        "/tmp",
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
+        "--setenv",
+        "PYTHONDONTWRITEBYTECODE",
+        "1",
+        "--setenv",
+        "MPLBACKEND",
+        "Agg",
+        "--setenv",
+        "OMP_NUM_THREADS",
+        "1",
+        "--setenv",
+        "OPENBLAS_NUM_THREADS",
+        "1",
+        "--setenv",
+        "TINYFORGE_SCRATCH",
+        "/tmp",
+    ]
+    cmd += [
+        *_bind_args(),
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(16 << 20),
+        "--tmpfs",
+        "/dev/shm",
+        "--size",
+        str(limits.scratch_mb << 20),
+        "--tmpfs",
+        "/tmp",
+        "--remount-ro",
+        "/",
+        "--chdir",
+        "/tmp",
+        python,
+        "-I",
+        str(_CHILD),
+        "--pidns",
+    ]
     return cmd
 
 
@@ -248,23 +325,45 @@ def capabilities() -> _Caps:
             bw = False
             if shutil.which("bwrap"):
                 probe = subprocess.run(
-                    ["bwrap", "--unshare-all", "--cap-drop", "ALL", "--ro-bind", "/", "/", "--proc", "/proc",
-                     "--dev", "/dev", "true"],
-                    capture_output=True, timeout=30,
+                    [
+                        "bwrap",
+                        "--unshare-all",
+                        "--cap-drop",
+                        "ALL",
+                        "--ro-bind",
+                        "/",
+                        "/",
+                        "--proc",
+                        "/proc",
+                        "--dev",
+                        "/dev",
+                        "true",
+                    ],
+                    capture_output=True,
+                    timeout=30,
                 )
                 bw = probe.returncode == 0
                 if not bw:
-                    _warn_once("bwrap", "bubblewrap is installed but cannot create namespaces here "
-                               f"({probe.stderr.decode(errors='replace').strip()[:200]}); running WITHOUT "
-                               "namespace isolation (no network/filesystem/PID isolation), rlimits only.")
+                    _warn_once(
+                        "bwrap",
+                        "bubblewrap is installed but cannot create namespaces here "
+                        f"({probe.stderr.decode(errors='replace').strip()[:200]}); running WITHOUT "
+                        "namespace isolation (no network/filesystem/PID isolation), rlimits only.",
+                    )
             else:
-                _warn_once("bwrap", "bubblewrap (`bwrap`, Debian package `bubblewrap`) not found; running WITHOUT "
-                           "namespace isolation (no network/filesystem/PID isolation), rlimits only. "
-                           "Install it: apt-get install bubblewrap")
+                _warn_once(
+                    "bwrap",
+                    "bubblewrap (`bwrap`, Debian package `bubblewrap`) not found; running WITHOUT "
+                    "namespace isolation (no network/filesystem/PID isolation), rlimits only. "
+                    "Install it: apt-get install bubblewrap",
+                )
             _caps = _Caps(bwrap=bw, cgroup_root=_cgroup_roots())
             if os.geteuid() == 0 and "pids" not in _caps.cgroup_root:
-                _warn_once("nproc", "running as root without a writable pids cgroup: the process-count limit "
-                           "(fork bombs) cannot be enforced.")
+                _warn_once(
+                    "nproc",
+                    "running as root without a writable pids cgroup: the process-count limit "
+                    "(fork bombs) cannot be enforced.",
+                )
         return _caps
 
 
@@ -296,8 +395,10 @@ class _Cgroup:
         if not self.dirs:
             return cmd
         procs = [str(d / "cgroup.procs") for d in self.dirs]
-        script = 'for f in "$@"; do case "$f" in --) break;; esac; echo $$ > "$f"; done; ' \
-                 'while [ "$1" != "--" ]; do shift; done; shift; exec "$@"'
+        script = (
+            'for f in "$@"; do case "$f" in --) break;; esac; echo $$ > "$f"; done; '
+            'while [ "$1" != "--" ]; do shift; done; shift; exec "$@"'
+        )
         return ["/bin/sh", "-c", script, "sh", *procs, "--", *cmd]
 
     def close(self) -> None:
@@ -325,34 +426,49 @@ class _Worker:
             cmd = [python, "-I", str(_CHILD)]
             scratch = tempfile.mkdtemp(prefix="tinyforge-sandbox-")
             self._scratch = scratch
-            env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch, "LANG": "C.UTF-8",
-                   "TINYFORGE_SCRATCH": scratch, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+            env = {
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "HOME": scratch,
+                "LANG": "C.UTF-8",
+                "TINYFORGE_SCRATCH": scratch,
+                "MPLBACKEND": "Agg",
+                "OMP_NUM_THREADS": "1",
+            }
         self.proc = subprocess.Popen(
-            self.cgroup.wrap(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=env, start_new_session=True, close_fds=True,
+            self.cgroup.wrap(cmd),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
         )
         self._buf = b""
         ready = self._read_line(60.0)
         if ready is None or not ready.get("ready"):
             self.close()
-            raise RuntimeError("tinyforge sandbox: the sandbox worker did not start (is the Python "
-                               "installation readable and bubblewrap working?)")
+            raise RuntimeError(
+                "tinyforge sandbox: the sandbox worker did not start (is the Python "
+                "installation readable and bubblewrap working?)"
+            )
 
     def _read_line(self, timeout: float) -> dict | None:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
+        chunks = [self._buf]
+        while b"\n" not in chunks[-1]:  # answers can be 100+ MB: no quadratic re-scans or copies
             left = deadline - time.monotonic()
             if left <= 0:
+                self._buf = b"".join(chunks)
                 return None
             ready, _, _ = select.select([fd], [], [], left)
             if ready:
                 chunk = os.read(fd, 1 << 20)
                 if not chunk:
                     return None
-                self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
+                chunks.append(chunk)
+        line, _, self._buf = b"".join(chunks).partition(b"\n")
         try:
             return json.loads(line)
         except ValueError:
@@ -361,9 +477,14 @@ class _Worker:
     def run(self, payload: dict, timeout: float) -> dict | None:
         """The zygote's answer, or None when the worker died or hung (the caller restarts it)."""
         lim = self.limits
-        payload = {**payload, "timeout": timeout, "memory_mb": lim.memory_mb, "file_size_mb": lim.file_size_mb,
-                   "output_limit": lim.output_kb << 10,
-                   "max_procs": _nproc_limit(lim.max_procs)}
+        payload = {
+            **payload,
+            "timeout": timeout,
+            "memory_mb": lim.memory_mb,
+            "file_size_mb": lim.file_size_mb,
+            "output_limit": lim.output_kb << 10,
+            "max_procs": _nproc_limit(lim.max_procs),
+        }
         try:
             assert self.proc.stdin is not None
             self.proc.stdin.write((json.dumps(payload) + "\n").encode())
@@ -419,6 +540,11 @@ class SandboxPool:
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(self.workers)
         self._closed = False
+        # Workers start from one long-lived thread: bubblewrap's --die-with-parent (PR_SET_PDEATHSIG) fires
+        # when the *thread* that started it exits, so a worker started from a short-lived thread would die
+        # with that thread.
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="tinyforge-sandbox-spawn")
+        self._runner = ThreadPoolExecutor(self.workers, thread_name_prefix="tinyforge-sandbox")
 
     def __enter__(self) -> SandboxPool:
         return self
@@ -432,7 +558,7 @@ class SandboxPool:
             if self._idle:
                 return self._idle.pop()
         try:
-            w = _Worker(self.limits)
+            w = self._spawner.submit(_Worker, self.limits).result()
         except BaseException:
             self._slots.release()
             raise
@@ -471,24 +597,32 @@ class SandboxPool:
         assert isinstance(v, Verdict)
         return v
 
-    def run_io(self, solution: str, entry_point: str, inputs: Sequence[Sequence[Any]],
-               time_limits: Sequence[float], timeout: float = 60.0, stop_on_error: bool = True) -> IOResult:
+    def run_io(
+        self,
+        solution: str,
+        entry_point: str,
+        inputs: Sequence[Sequence[Any]],
+        time_limits: Sequence[float],
+        timeout: float = 60.0,
+        stop_on_error: bool = True,
+    ) -> IOResult:
         r = self.run(IOJob(solution, entry_point, inputs, time_limits, timeout, stop_on_error))
         assert isinstance(r, IOResult)
         return r
 
     def imap(self, jobs: Iterable[Job]) -> Iterator[Verdict | IOResult]:
         """Results in input order, computed on all workers; a generator, so callers can show progress."""
-        with ThreadPoolExecutor(self.workers) as ex:
-            window: list = []
-            for job in jobs:
-                window.append(ex.submit(self.run, job))
-                if len(window) >= 4 * self.workers:
-                    yield window.pop(0).result()
-            for f in window:
-                yield f.result()
+        window: collections.deque = collections.deque()
+        for job in jobs:
+            window.append(self._runner.submit(self.run, job))
+            if len(window) >= 4 * self.workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
 
-    def map(self, jobs: Iterable[Job], progress: Callable[[int], None] | None = None) -> list[Verdict | IOResult]:
+    def map(
+        self, jobs: Iterable[Job], progress: Callable[[int], None] | None = None
+    ) -> list[Verdict | IOResult]:
         out = []
         for r in self.imap(jobs):
             out.append(r)
@@ -502,23 +636,53 @@ class SandboxPool:
             workers, self._idle, self._all = self._all, [], []
         for w in workers:
             w.close()
+        self._runner.shutdown(wait=False, cancel_futures=True)
+        self._spawner.shutdown(wait=False)
+
+
+def _io_records(res: dict) -> tuple[list[dict], str, str]:
+    """Per-input records of an I/O job and its overall (status, detail), from the child's raw report."""
+    records = []
+    for line in str(res.get("records", "")).split("\n"):
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                break
+            if not isinstance(rec, dict):
+                break
+            records.append(rec)
+    io = [r for r in records if isinstance(r.get("i"), int)]
+    status, detail = res.get("status", "crashed"), str(res.get("detail", ""))
+    if status == "returned":
+        top = [r for r in records if "i" not in r and r.get("status") in STATUSES]
+        if any(r.get("done") is True for r in records) or (io and io[-1].get("status") != "ok"):
+            status, detail = "done", ""
+        elif top:
+            status, detail = top[0]["status"], str(top[0].get("detail", ""))
+        else:
+            status, detail = "crashed", str(res.get("exit", ""))
+    return io, status, detail[:500]
 
 
 def _io_result(res: dict) -> IOResult:
-    statuses, outputs, times = [], [], []
-    for rec in res.get("io", []):
+    statuses, outputs, times, details = [], [], [], []
+    io, status, detail = _io_records(res)
+    for rec in io:
+        details.append(str(rec.get("detail", ""))[:500])
         st = rec.get("status", "error")
         statuses.append(st if st in ("ok", "failed", "error", "timeout", "memory") else "error")
-        val = None
-        if st == "ok":
+        val: Any = None
+        if st == "ok" and isinstance(rec.get("digest"), str):
+            val = Digest(rec["digest"])
+        elif st == "ok":
             try:
                 val = plaindata.decode(rec.get("out"))
             except (ValueError, TypeError, RecursionError):
                 statuses[-1] = "error"
         outputs.append(val)
         times.append(float(rec.get("t", 0.0)) if isinstance(rec.get("t"), (int, float)) else 0.0)
-    return IOResult(res.get("status", "crashed"), str(res.get("detail", "")), statuses, outputs, times,
-                    res.get("duration", 0.0))
+    return IOResult(status, detail, statuses, outputs, times, details, res.get("duration", 0.0))
 
 
 _default: SandboxPool | None = None

@@ -33,15 +33,23 @@ from tinyforge.data import (
     normalize_task_id,
 )
 from tinyforge.data.files import sha256_file
-from tinyforge.evaluate.compare import outputs_match, task_timeout, time_limits
+from tinyforge.evaluate.compare import (
+    MBPP_OUTPUT_NOT_NONE_TASKS,
+    MISSING,
+    compare_outputs,
+    is_floats,
+    task_timeout,
+    time_limits,
+)
 from tinyforge.evaluate.metrics import pass_at_k_table
-from tinyforge.sandbox import IOJob, IOResult, SandboxPool, TestJob, Verdict, capabilities
+from tinyforge.sandbox import Digest, IOJob, IOResult, SandboxPool, TestJob, Verdict, capabilities
 
 log = logging.getLogger(__name__)
 
 TEST_TIMEOUT = {"humaneval": 3.0, "mbpp": 3.0, "mbpp-sanitized": 3.0, "bigcodebench-hard": 120.0}
 PLUS_BENCHES = ("humaneval+", "mbpp+")
-EXPECTED_VERSION = 1  # bump when the way expected outputs are computed changes
+EXPECTED_VERSION = 3  # bump when the way expected outputs are computed changes
+DIGEST_OVER = 4096  # outputs with a longer JSON form are compared by digest, not moved
 
 
 class ScoreError(Exception):
@@ -67,11 +75,17 @@ class SampleResult:
 
 @dataclass
 class Expected:
-    """Canonical outputs on base + plus inputs and the time they took (HumanEval+ / MBPP+)."""
+    """Canonical outputs on base + plus inputs (values, or a `Digest` for large ones) and their times."""
 
     outputs: list[Any]
     times: list[float]
     problems: list[str] = field(default_factory=list)
+    skip: frozenset[int] = frozenset()  # inputs the canonical itself fails on: no reference, not compared
+
+    def whole(self, atol: float) -> bool:
+        """Whether samples must send every output whole: where a tolerance can apply (EvalPlus' atol is
+        sticky once a float is expected), a digest cannot stand in for the value."""
+        return atol != 0 or any(is_floats(o) for o in self.outputs if not isinstance(o, Digest))
 
 
 def program_of(task: CodeTask, sample: dict[str, Any]) -> str:
@@ -110,8 +124,23 @@ def _inputs(task: CodeTask) -> list[list[Any]]:
     return list(task.base_inputs or []) + list(task.plus_inputs or [])
 
 
+def _not_none(bench: str, task: CodeTask) -> bool:
+    return bench == "mbpp+" and task.entry_point in MBPP_OUTPUT_NOT_NONE_TASKS
+
+
+def _encode_out(o: Any) -> Any:
+    return {"digest": o.sha256} if isinstance(o, Digest) else {"v": plaindata.encode(o)}
+
+
+def _decode_out(o: dict[str, Any]) -> Any:
+    return Digest(o["digest"]) if "digest" in o else plaindata.decode(o["v"])
+
+
 def expected_outputs(
-    bench: str, tasks: Sequence[CodeTask], pool: SandboxPool, data_dir: str | os.PathLike[str] | None = None,
+    bench: str,
+    tasks: Sequence[CodeTask],
+    pool: SandboxPool,
+    data_dir: str | os.PathLike[str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Expected]:
     """Canonical outputs per task, computed in the sandbox once and cached next to the benchmark cache."""
@@ -126,15 +155,35 @@ def expected_outputs(
             cached = {}
     todo = [t for t in tasks if t.task_id not in cached]
     if todo:
-        jobs = [IOJob(t.canonical_solution, t.entry_point, _inputs(t), [60.0] * len(_inputs(t)),
-                      timeout=600.0, stop_on_error=False) for t in todo]
-        for t, r in zip(todo, pool.imap(jobs)):
+        jobs = [
+            IOJob(
+                t.canonical_solution,
+                t.entry_point,
+                _inputs(t),
+                [60.0] * len(_inputs(t)),
+                timeout=600.0,
+                stop_on_error=False,
+                not_none=_not_none(b.name, t),
+                digest_over=DIGEST_OVER,
+            )
+            for t in todo
+        ]
+        for t, r in zip(todo, pool.imap(jobs), strict=False):
             assert isinstance(r, IOResult)
-            problems = [f"input {i}: {s}" for i, s in enumerate(r.statuses) if s != "ok"]
+            problems = [
+                f"input {i}: {s} {r.details[i]}".strip() for i, s in enumerate(r.statuses) if s != "ok"
+            ]
             if r.status != "done" or len(r.statuses) != len(_inputs(t)):
                 problems.append(f"canonical run {r.status}: {r.detail}")
-            cached[t.task_id] = {"outputs": [plaindata.encode(o) for o in r.outputs], "times": r.times,
-                                 "problems": problems}
+            n = len(_inputs(t))
+            skip = [i for i in range(n) if i >= len(r.statuses) or r.statuses[i] != "ok"]
+            pad = n - len(r.outputs)
+            cached[t.task_id] = {
+                "outputs": [_encode_out(o) for o in r.outputs] + [{"v": None}] * pad,
+                "times": r.times + [0.0] * pad,
+                "problems": problems,
+                "skip": skip,
+            }
             if progress:
                 progress(1)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,55 +191,95 @@ def expected_outputs(
         tmp.write_text(json.dumps(cached))
         tmp.replace(path)
     return {
-        t.task_id: Expected([plaindata.decode(o) for o in cached[t.task_id]["outputs"]], cached[t.task_id]["times"],
-                            cached[t.task_id]["problems"])
+        t.task_id: Expected(
+            [_decode_out(o) for o in c["outputs"]], c["times"], c["problems"], frozenset(c["skip"])
+        )
         for t in tasks
+        if (c := cached[t.task_id])
     }
 
 
-def _plus_job(task: CodeTask, program: str, exp: Expected) -> IOJob:
+def _plus_job(bench: str, task: CodeTask, program: str, exp: Expected) -> IOJob:
     limits = time_limits(exp.times)
-    return IOJob(program, task.entry_point, _inputs(task), limits, timeout=task_timeout(limits))
+    return IOJob(
+        program,
+        task.entry_point,
+        _inputs(task),
+        limits,
+        timeout=task_timeout(limits),
+        stop_on_error=not exp.skip,  # past an input with no reference, keep going
+        not_none=_not_none(bench, task),
+        digest_over=0 if exp.whole(task.atol) else DIGEST_OVER,
+    )
+
+
+def _digest_of(v: Any) -> str | None:
+    return v.sha256 if isinstance(v, Digest) else plaindata.digest(v)
+
+
+def _verdicts(
+    bench: str, task: CodeTask, exp: list[Any], act: list[Any], inputs: list[list[Any]], skip: set[int]
+) -> list[bool]:
+    """EvalPlus' per-input verdicts over one run (base or plus); digests compare by equality; inputs in
+    `skip` (no reference output) pass."""
+    dig = {j for j in range(len(exp)) if isinstance(exp[j], Digest) or isinstance(act[j], Digest)} - skip
+    e = [None if j in dig or j in skip else v for j, v in enumerate(exp)]
+    a = [None if j in dig or j in skip else v for j, v in enumerate(act)]
+    out = compare_outputs(e, a, task.atol, bench=bench, entry_point=task.entry_point, inputs=inputs)
+    for j in dig:
+        out[j] = act[j] is not MISSING and (d := _digest_of(act[j])) is not None and d == _digest_of(exp[j])
+    for j in skip:
+        out[j] = True
+    return out
 
 
 def _judge_plus(bench: str, task: CodeTask, exp: Expected, r: IOResult) -> SampleResult:
-    n_base = len(task.base_inputs or [])
-    n = len(_inputs(task))
-    first_bad = None
-    for i in range(n):
-        if i >= len(r.statuses) or r.statuses[i] != "ok" or i >= len(exp.outputs):
-            first_bad = i
-            break
-        if not outputs_match(exp.outputs[i], r.outputs[i], task.atol, bench=bench, entry_point=task.entry_point,
-                             inp=_inputs(task)[i]):
-            first_bad = i
-            break
-    if first_bad is None:
+    inputs = _inputs(task)
+    n, n_base = len(inputs), len(task.base_inputs or [])
+    if len(exp.outputs) != n:
+        return SampleResult(task.task_id, False, "error", "no reference outputs for this task")
+    act = [r.outputs[i] if i < len(r.statuses) and r.statuses[i] == "ok" else MISSING for i in range(n)]
+    ok = _verdicts(
+        bench, task, exp.outputs[:n_base], act[:n_base], inputs[:n_base], {i for i in exp.skip if i < n_base}
+    ) + _verdicts(
+        bench,
+        task,
+        exp.outputs[n_base:],
+        act[n_base:],
+        inputs[n_base:],
+        {i - n_base for i in exp.skip if i >= n_base},
+    )
+    if all(ok):
         return SampleResult(task.task_id, True, "passed", base_passed=True)
-    base_ok = first_bad >= n_base
-    if first_bad < len(r.statuses) and r.statuses[first_bad] != "ok":
-        status = r.statuses[first_bad]
-        detail = f"input {first_bad}: {status}"
-    elif first_bad >= len(r.statuses):
-        status = r.status if r.status not in ("done",) else "error"
-        detail = r.detail or f"no output for input {first_bad}"
+    bad = ok.index(False)
+    base_ok = all(ok[:n_base])
+    part = "base" if bad < n_base else "plus"
+    if bad < len(r.statuses) and r.statuses[bad] != "ok":
+        status = r.statuses[bad]
+        detail = f"{part} input {bad}: {r.details[bad] or status}"
+    elif bad >= len(r.statuses):
+        status = r.status if r.status != "done" else "error"
+        detail = r.detail or f"no output for {part} input {bad}"
     else:
-        status, detail = "failed", f"wrong output on {'base' if first_bad < n_base else 'plus'} input {first_bad}"
+        status, detail = "failed", f"wrong output on {part} input {bad}"
     return SampleResult(task.task_id, False, status, detail, base_passed=base_ok)
 
 
 # --- scoring ------------------------------------------------------------------------------------------------
 
 
-def check_jobs(bench: str, tasks_and_programs: Iterable[tuple[CodeTask, str]],
-               expected: dict[str, Expected] | None = None) -> list[TestJob | IOJob]:
+def check_jobs(
+    bench: str,
+    tasks_and_programs: Iterable[tuple[CodeTask, str]],
+    expected: dict[str, Expected] | None = None,
+) -> list[TestJob | IOJob]:
     """The sandbox job that checks each (task, program)."""
     name = get_benchmark(bench).name
     jobs: list[TestJob | IOJob] = []
     for task, program in tasks_and_programs:
         if name in PLUS_BENCHES:
             assert expected is not None
-            jobs.append(_plus_job(task, program, expected[task.task_id]))
+            jobs.append(_plus_job(name, task, program, expected[task.task_id]))
         else:
             jobs.append(TestJob(program, task.test, TEST_TIMEOUT[name], guard=name != "bigcodebench-hard"))
     return jobs
@@ -232,14 +321,16 @@ def score(
         expected = None
         if name in PLUS_BENCHES:
             need = [t for t in all_tasks.values() if t.task_id in by_id]
-            expected = expected_outputs(name, need, pool, data_dir,
-                                        progress("canonical outputs", len(need)) if progress else None)
+            expected = expected_outputs(
+                name, need, pool, data_dir, progress("canonical outputs", len(need)) if progress else None
+            )
         todo = [(i, s) for i, s in enumerate(samples) if s["task_id"] not in skipped]
         results: list[SampleResult | None] = [None] * len(samples)
         for i, s in enumerate(samples):
             if s["task_id"] in skipped:
-                results[i] = SampleResult(s["task_id"], False, "skipped",
-                                          "missing libraries: " + ", ".join(skipped[s["task_id"]]))
+                results[i] = SampleResult(
+                    s["task_id"], False, "skipped", "missing libraries: " + ", ".join(skipped[s["task_id"]])
+                )
         pairs = []
         for i, s in todo:
             try:
@@ -248,7 +339,7 @@ def score(
                 results[i] = SampleResult(s["task_id"], False, "error", "sample has no code")
         jobs = check_jobs(name, [(t, p) for _, t, p in pairs], expected)
         tick = progress("samples", len(jobs)) if progress else None
-        for (i, task, _), r in zip(pairs, pool.imap(jobs)):
+        for (i, task, _), r in zip(pairs, pool.imap(jobs), strict=False):
             if isinstance(r, IOResult):
                 assert expected is not None
                 results[i] = _judge_plus(name, task, expected[task.task_id], r)
@@ -266,16 +357,25 @@ def score(
     return summary, final
 
 
-def summarize(bench: str, tasks: dict[str, CodeTask], results: list[SampleResult],
-              skipped: dict[str, list[str]], expected: dict[str, Expected] | None) -> dict[str, Any]:
+def summarize(
+    bench: str,
+    tasks: dict[str, CodeTask],
+    results: list[SampleResult],
+    skipped: dict[str, list[str]],
+    expected: dict[str, Expected] | None,
+) -> dict[str, Any]:
     per_task: dict[str, list[SampleResult]] = {tid: [] for tid in tasks if tid not in skipped}
     for r in results:
         if r.task_id in per_task:
             per_task[r.task_id].append(r)
     missing = sorted((tid for tid, rs in per_task.items() if not rs), key=_id_key)
     if missing:
-        log.warning("%d task(s) of %s have no sample and count as failed: %s", len(missing), bench,
-                    ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+        log.warning(
+            "%d task(s) of %s have no sample and count as failed: %s",
+            len(missing),
+            bench,
+            ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""),
+        )
     counts = [(len(rs), sum(r.passed for r in rs)) for rs in per_task.values()]
     n_min = min((n for n, _ in counts if n), default=0)
     # A task with no sample is a task with one failed sample.
@@ -284,27 +384,34 @@ def summarize(bench: str, tasks: dict[str, CodeTask], results: list[SampleResult
         "bench": bench,
         "n_tasks": len(per_task),
         "n_samples": len(results),
-        "samples_per_task": {"min": min((n for n, _ in counts), default=0),
-                             "max": max((n for n, _ in counts), default=0)},
+        "samples_per_task": {
+            "min": min((n for n, _ in counts), default=0),
+            "max": max((n for n, _ in counts), default=0),
+        },
         **pass_at_k_table(counts),
         "n_tasks_solved": sum(1 for _, c in counts if c > 0),
         "status_counts": dict(Counter(r.status for r in results)),
         "missing_tasks": missing,
     }
     if bench in PLUS_BENCHES:
-        base = [(len(rs), sum(bool(r.base_passed) for r in rs)) if rs else (max(1, n_min), 0)
-                for rs in per_task.values()]
+        base = [
+            (len(rs), sum(bool(r.base_passed) for r in rs)) if rs else (max(1, n_min), 0)
+            for rs in per_task.values()
+        ]
         out["base"] = pass_at_k_table(base)
         out["plus"] = pass_at_k_table(counts)
         if expected:
             bad = {tid: e.problems for tid, e in expected.items() if e.problems}
-            if bad:
+            if bad:  # inputs where the canonical solution itself fails: not compared, listed with the reason
                 out["canonical_problems"] = bad
     if skipped:
-        out["skipped_tasks"] = {tid: libs for tid, libs in sorted(skipped.items(), key=lambda kv: _id_key(kv[0]))}
+        out["skipped_tasks"] = {
+            tid: libs for tid, libs in sorted(skipped.items(), key=lambda kv: _id_key(kv[0]))
+        }
     caps = capabilities()
     out["harness"] = {
-        "semantics": "evalplus differential testing (base + plus inputs)" if bench in PLUS_BENCHES
+        "semantics": "evalplus differential testing (base + plus inputs)"
+        if bench in PLUS_BENCHES
         else "benchmark test code in the sandbox",
         "test_timeout_s": TEST_TIMEOUT.get(bench),
         "time_limit": "max(1.0, 4.0 x canonical time) per input" if bench in PLUS_BENCHES else None,
@@ -321,8 +428,12 @@ def _id_key(tid: str) -> tuple[str, int]:
     return (head, int(num)) if num.isdigit() else (tid, 0)
 
 
-def write_results(out_dir: str | os.PathLike[str], summary: dict[str, Any], results: list[SampleResult],
-                  samples: list[dict[str, Any]] | None = None) -> Path:
+def write_results(
+    out_dir: str | os.PathLike[str],
+    summary: dict[str, Any],
+    results: list[SampleResult],
+    samples: list[dict[str, Any]] | None = None,
+) -> Path:
     """`DIR/result.json` and `DIR/samples.jsonl`: one line per input sample, in input order, the sample's own
     fields (so the file can be scored again) plus `passed`, `status` and `detail`."""
     d = Path(out_dir)
