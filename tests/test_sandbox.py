@@ -341,3 +341,22 @@ def test_workers_outlive_the_threads_that_started_them():
         assert [r.status for r in results] == ["passed", "passed"]
         time.sleep(0.2)
         assert [r.status for r in p.map([TestJob(ADD, ADD_TESTS)] * 4)] == ["passed"] * 4
+
+
+def test_without_namespaces_the_other_layers_still_hold(monkeypatch):
+    """Where bubblewrap is missing the pool warns once and keeps rlimits, process groups, the scrubbed env."""
+    monkeypatch.setenv("TINYFORGE_TEST_SECRET", "hunter2")
+    with pytest.warns(RuntimeWarning, match="namespace isolation"):
+        p = SandboxPool(workers=1, limits=Limits(memory_mb=1024), namespaces=False)
+    with p:
+        assert p.run_tests(ADD, ADD_TESTS).passed
+        assert not p.run_tests(FOOLS["os._exit during tests"], ADD_TESTS).passed
+        assert not p.run_tests(FOOLS["__eq__ always True"], ADD_TESTS).passed
+        assert p.run_tests("while True:\n    pass\n", "", timeout=1).status == "timeout"
+        assert p.run_tests("x = bytearray(50 * 1024**3)\n", "").status == "memory"
+        marker = f"{uuid.uuid4().int % 10**6 + 3 * 10**6}.5"
+        v = p.run_tests(f"import subprocess\nsubprocess.Popen(['sleep', '{marker}'])\n", "")
+        assert v.passed
+        time.sleep(0.2)
+        assert host_processes_with(f"sleep\0{marker}") == []
+        assert p.run_tests("import os\n", "assert 'TINYFORGE_TEST_SECRET' not in dict(os.environ)").passed

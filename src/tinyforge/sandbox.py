@@ -414,12 +414,12 @@ class _Cgroup:
 class _Worker:
     """One sandbox with a warm zygote in it; runs one job at a time."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, namespaces: bool) -> None:
         self.limits = limits
         caps = capabilities()
         self.cgroup = _Cgroup(caps.cgroup_root, limits)
-        python = os.path.realpath(sys.executable) if caps.bwrap else sys.executable
-        if caps.bwrap:
+        python = os.path.realpath(sys.executable) if namespaces else sys.executable
+        if namespaces:
             cmd = _bwrap_command(sys.executable, limits)
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         else:
@@ -532,9 +532,22 @@ class SandboxPool:
     ...     verdicts = pool.map([TestJob("x = 1", "assert x == 1")])
     """
 
-    def __init__(self, workers: int | None = None, limits: Limits | None = None) -> None:
+    def __init__(
+        self, workers: int | None = None, limits: Limits | None = None, *, namespaces: bool | None = None
+    ) -> None:
+        """`namespaces`: use bubblewrap (default: where it works); False runs with the other layers only."""
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.limits = limits or Limits()
+        available = capabilities().bwrap
+        if namespaces and not available:
+            raise RuntimeError("tinyforge sandbox: namespaces requested but bubblewrap is not usable here")
+        self.namespaces = available if namespaces is None else namespaces
+        if not self.namespaces and available:
+            _warn_once(
+                "no-ns",
+                "namespace isolation turned off by request: no network, file system or PID "
+                "isolation; rlimits, cgroups and a scrubbed environment only.",
+            )
         self._idle: list[_Worker] = []
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
@@ -558,7 +571,7 @@ class SandboxPool:
             if self._idle:
                 return self._idle.pop()
         try:
-            w = self._spawner.submit(_Worker, self.limits).result()
+            w = self._spawner.submit(_Worker, self.limits, self.namespaces).result()
         except BaseException:
             self._slots.release()
             raise
