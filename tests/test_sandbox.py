@@ -99,8 +99,9 @@ FOOLS = {
         "class Yes:\n    def __eq__(self, o): return True\n    __hash__ = object.__hash__\n"
         "def add(a, b):\n    return Yes()\n"
     ),
-    "rebinds the guard in globals": (
-        "def add(a, b):\n    globals()['__tf_cmp__'] = lambda *a: True\n    return 0\n"
+    "rebinds guard-like names in globals": (
+        "def add(a, b):\n    g = globals()\n    for k in ('__tf_cmp__', '__tf_truth__', 'cmp', 'guard'):\n"
+        "        g[k] = lambda *a: True\n    return 0\n"
     ),
     "kills its own harness with SIGKILL": "import os, signal\ndef add(a, b):\n    os.kill(os.getpid(), signal.SIGKILL)\n",
 }
@@ -119,8 +120,10 @@ def test_truthiness_tricks_fail(pool):
     assert not pool.run_tests(sol, "assert ok(1)\n").passed
     sol_f = "class F:\n    def __bool__(self): return False\ndef bad(x):\n    return F()\n"
     assert not pool.run_tests(sol_f, "assert not bad(1)\n").passed
-    trick = "class A:\n    def __sub__(self, o): return self\n    def __abs__(self): return self\n" \
-            "    def __lt__(self, o): return True\ndef f(x):\n    return A()\n"
+    trick = (
+        "class A:\n    def __sub__(self, o): return self\n    def __abs__(self): return self\n"
+        "    def __lt__(self, o): return True\ndef f(x):\n    return A()\n"
+    )
     assert not pool.run_tests(trick, "assert abs(f(1) - 3.0) < 1e-6\n").passed
 
 
@@ -188,9 +191,7 @@ def test_timeout_kills_children_too(pool):
 
 def test_fork_bomb_is_contained(pool):
     before = len(os.listdir("/proc"))
-    sol = (
-        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
-    )
+    sol = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     v = pool.run_tests(sol, "", timeout=3)
     assert not v.passed
     time.sleep(0.5)
@@ -226,7 +227,9 @@ def test_no_writes_outside_its_directory(pool, tmp_path):
         v = pool.run_tests(sol, "", timeout=5)
         assert v.status == "error", (path, v)
         assert not path.exists()
-    assert pool.run_tests("open('mine.txt', 'w').write('x')\n", "assert open('mine.txt').read() == 'x'").passed
+    assert pool.run_tests(
+        "open('mine.txt', 'w').write('x')\n", "assert open('mine.txt').read() == 'x'"
+    ).passed
 
 
 def test_each_job_gets_a_clean_directory(pool):
@@ -333,7 +336,9 @@ def test_workers_outlive_the_threads_that_started_them():
     # thread must still work afterwards.
     with SandboxPool(workers=2) as p:
         results = []
-        threads = [threading.Thread(target=lambda: results.append(p.run_tests(ADD, ADD_TESTS))) for _ in range(2)]
+        threads = [
+            threading.Thread(target=lambda: results.append(p.run_tests(ADD, ADD_TESTS))) for _ in range(2)
+        ]
         for t in threads:
             t.start()
         for t in threads:

@@ -14,7 +14,7 @@ runs in, decides the verdict:
   `os._exit(0)`, atexit/excepthook rewriting, killer threads and printed markers all count as failures.
 * test comparisons (`==`, `<`, `in`, ...) and assert truth tests are rewritten to go through a guard
   that only accepts plain data (exact builtin types, numpy values), so objects whose `__eq__` is always
-  True fail instead of passing.
+  True fail instead of passing. The guard is bound under names made fresh for each job.
 * an I/O job returns the encoded outputs of the entry point; they are compared with the expected outputs
   by the host, so the child never sees what it should produce.
 
@@ -212,6 +212,9 @@ _OPS = {
 class _Guarder(ast.NodeTransformer):
     """Rewrites `a == b` (and the other value comparisons) and `assert x` / `not x` through the guard."""
 
+    def __init__(self, cmp_name: str, truth_name: str) -> None:
+        self.cmp, self.truth = cmp_name, truth_name
+
     def visit_Compare(self, node: ast.Compare) -> ast.AST:
         self.generic_visit(node)
         if not all(type(op) in _OPS for op in node.ops):
@@ -221,7 +224,7 @@ class _Guarder(ast.NodeTransformer):
         left = node.left
         for op, right in zip(node.ops, node.comparators, strict=False):
             calls.append(
-                ast.Call(ast.Name("__tf_cmp__", ast.Load()), [ast.Constant(_OPS[type(op)]), left, right], [])
+                ast.Call(ast.Name(self.cmp, ast.Load()), [ast.Constant(_OPS[type(op)]), left, right], [])
             )
             left = right
         return calls[0] if len(calls) == 1 else ast.BoolOp(ast.And(), calls)
@@ -229,19 +232,19 @@ class _Guarder(ast.NodeTransformer):
     def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
         self.generic_visit(node)
         if isinstance(node.op, ast.Not):
-            node.operand = ast.Call(ast.Name("__tf_truth__", ast.Load()), [node.operand], [])
+            node.operand = ast.Call(ast.Name(self.truth, ast.Load()), [node.operand], [])
         return node
 
     def visit_Assert(self, node: ast.Assert) -> ast.AST:
         self.generic_visit(node)
-        node.test = ast.Call(ast.Name("__tf_truth__", ast.Load()), [node.test], [])
+        node.test = ast.Call(ast.Name(self.truth, ast.Load()), [node.test], [])
         return node
 
 
-def compile_tests(tests: str, guard: bool) -> object:
+def compile_tests(tests: str, guard: bool, cmp_name: str = "", truth_name: str = "") -> object:
     tree = ast.parse(tests, "<tests>")
     if guard:
-        tree = ast.fix_missing_locations(_Guarder().visit(tree))
+        tree = ast.fix_missing_locations(_Guarder(cmp_name, truth_name).visit(tree))
     return compile(tree, "<tests>", "exec")
 
 
@@ -330,13 +333,17 @@ def _child(job: dict, result_w: int, nonce_r: int, out_w: int) -> None:
 
 
 def _run_tests(job: dict, result_fd: int, nonce_fd: int, report) -> None:  # type: ignore[no-untyped-def]
-    ns: dict = {"__name__": "__tinyforge_solution__", "__builtins__": builtins}
+    # One namespace for solution and tests, as the official harnesses have it (a test's `import x` is
+    # visible to the solution). The guard's names are fresh per job and bound only after the solution's
+    # module code ran.
+    ns: dict = {"__name__": "__tinyforge__", "__builtins__": builtins}
+    suffix = os.urandom(8).hex()
+    cmp_name, truth_name = f"_tf_cmp_{suffix}", f"_tf_truth_{suffix}"
     code = compile(job["solution"], "<solution>", "exec")
-    tests = compile_tests(job["tests"], job.get("guard", True))
+    tests = compile_tests(job["tests"], job.get("guard", True), cmp_name, truth_name)
     exec(code, ns)  # noqa: S102 - this is the sandbox
-    test_ns = dict(ns)
-    test_ns.update(__tf_cmp__=_guard_cmp, __tf_truth__=_guard_truth, __name__="__tinyforge_tests__")
-    exec(tests, test_ns)  # noqa: S102
+    ns[cmp_name], ns[truth_name] = _guard_cmp, _guard_truth
+    exec(tests, ns)  # noqa: S102
     # Only reached when the tests returned normally. The nonce was never in this process before now.
     nonce = os.read(nonce_fd, 64)
     os.write(result_fd, b"PASS " + nonce + b"\n")

@@ -20,8 +20,11 @@ _tf_result = _tf_unittest.TextTestRunner(verbosity=0).run(
     _tf_unittest.defaultTestLoader.loadTestsFromTestCase(TestCases)
 )
 if _tf_result.failures or _tf_result.errors:
+    _tf_first = (_tf_result.failures + _tf_result.errors)[0]
+    _tf_why = _tf_first[1].strip().splitlines()[-1] if _tf_first[1].strip() else ""
     raise AssertionError(
-        f"{len(_tf_result.failures)} failed and {len(_tf_result.errors)} errored of {_tf_result.testsRun} tests"
+        f"{len(_tf_result.failures)} failed and {len(_tf_result.errors)} errored of {_tf_result.testsRun} tests; "
+        f"first: {_tf_first[0].id().rpartition('.')[2]}: {_tf_why}"
     )
 """
 
