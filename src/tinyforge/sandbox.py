@@ -444,6 +444,10 @@ class _Worker:
             close_fds=True,
         )
         self._buf = b""
+        self.nproc = _nproc_limit(limits.max_procs)
+
+    def wait_ready(self) -> None:
+        """Wait for the zygote's hello (in the caller's thread, so that workers start in parallel)."""
         ready = self._read_line(60.0)
         if ready is None or not ready.get("ready"):
             self.close()
@@ -483,7 +487,7 @@ class _Worker:
             "memory_mb": lim.memory_mb,
             "file_size_mb": lim.file_size_mb,
             "output_limit": lim.output_kb << 10,
-            "max_procs": _nproc_limit(lim.max_procs),
+            "max_procs": self.nproc,
         }
         try:
             assert self.proc.stdin is not None
@@ -572,6 +576,7 @@ class SandboxPool:
                 return self._idle.pop()
         try:
             w = self._spawner.submit(_Worker, self.limits, self.namespaces).result()
+            w.wait_ready()
         except BaseException:
             self._slots.release()
             raise
