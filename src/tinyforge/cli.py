@@ -46,7 +46,7 @@ DataDirOpt = Annotated[
 
 def fail(msg: str) -> None:
     """A one-line error for the user, exit code 2."""
-    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import warnings
 from functools import cache
 from pathlib import Path
 
@@ -80,7 +81,11 @@ def _importable(module: str) -> bool:
 def imported_modules(code: str) -> set[str]:
     """Top-level names of the modules that ``code`` imports anywhere (absolute imports only)."""
     found = set()
-    for node in ast.walk(ast.parse(code)):
+    with warnings.catch_warnings():  # the tasks' own code has invalid escape sequences
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tree = ast.parse(code)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
