@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 TEST_TIMEOUT = {"humaneval": 3.0, "mbpp": 3.0, "mbpp-sanitized": 3.0, "bigcodebench-hard": 120.0}
 PLUS_BENCHES = ("humaneval+", "mbpp+")
-EXPECTED_VERSION = 4  # bump when the way expected outputs are computed changes
+EXPECTED_VERSION = 5  # bump when the way expected outputs are computed changes
 DIGEST_OVER = 4096  # outputs with a longer JSON form are compared by digest, not moved
 
 
