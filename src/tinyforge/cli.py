@@ -135,7 +135,7 @@ def score(
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    keys = [k for k in summary if k.startswith("pass@")]
+    keys = [k for k in summary if k.startswith("pass@") and isinstance(summary[k], float)]
     line = ", ".join(f"{k} {100 * summary[k]:.1f}%" for k in keys)
     extra = ""
     if "base" in summary:
@@ -169,6 +169,103 @@ def selfcheck(
     failed = [r for r in failed if not r["passed"]]
     for r in failed:
         print(f"  canonical fails: {r['task_id']}: {r['status']} {r.get('detail', '')}")
+
+
+@app.command("eval")
+def eval_(
+    bench: Annotated[str, typer.Option("--bench", help="Benchmark name (see `tinyforge benchmarks`).")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="An embedded model (smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct, ...), a local "
+            "folder or .gguf file, a hub id; with --base-url, the server's model name.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: result.json and samples.jsonl.")],
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="A peft LoRA adapter folder.")] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Prompt format: raw (continue the code), chat, chat+prefix; auto: chat if the model has "
+            "a chat template.",
+        ),
+    ] = "auto",
+    n: Annotated[int, typer.Option("--n", help="Samples per task.")] = 1,
+    temperature: Annotated[float, typer.Option(help="0 is greedy decoding.")] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Per completion.")] = 768,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first K tasks.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (sample i of a prompt is fixed).")] = 0,
+    backend: Annotated[
+        str, typer.Option("--backend", help="auto, hf (transformers), vllm, openai (a server).")
+    ] = "auto",
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", help="An OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="float32 or bfloat16 (default: bf16 on GPU, fp32 on CPU).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="hf: rows per batch; openai: requests in flight.")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Generation cache (default: the user cache).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    workers: Annotated[int | None, typer.Option(help="Sandbox workers (default: one per core).")] = None,
+) -> None:
+    """Generate with a model and score: greedy pass@1, or with --n and --temperature unbiased pass@k and
+    oracle best-of-n. Writes DIR/result.json and DIR/samples.jsonl (evalplus format); resumes from the
+    generation cache."""
+    from tinyforge.data import DataError, get_benchmark
+    from tinyforge.evaluate.run import evaluate
+    from tinyforge.evaluate.score import ScoreError
+    from tinyforge.generate.base import SamplingParams
+    from tinyforge.generate.engines import make_engine
+    from tinyforge.generate.models import ModelError
+
+    try:
+        name = get_benchmark(bench).name
+        params = SamplingParams(
+            n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+        )
+        if params.greedy and n > 1:
+            fail("greedy decoding (temperature 0) gives n identical samples: set --temperature for --n > 1")
+        if limit is not None and limit < 1:
+            fail("--limit must be at least 1")
+        engine = make_engine(
+            model, backend, adapter=adapter, base_url=base_url, dtype=dtype, batch_size=batch_size
+        )
+        with progress_bars() as bars:
+            summary = evaluate(
+                name,
+                engine,
+                out_dir=out,
+                fmt=fmt,
+                params=params,
+                limit=limit,
+                cache_dir=cache_dir,
+                data_dir=data_dir,
+                workers=workers,
+                progress=bars,
+                meta={"command": " ".join(["tinyforge", *sys.argv[1:]])},
+            )
+    except (DataError, ScoreError, ModelError, ValueError, KeyError) as e:
+        fail(str(e).strip("'\""))
+    _print_summary(summary)
+    gen = summary["generation"]
+    speed = f", {gen['tokens_per_s']:.0f} tok/s" if gen["tokens_per_s"] else ""
+    print(
+        f"format {summary['format']}; {gen['generated']} generated, {gen['from_cache']} from cache"
+        f"{speed}; {summary['wall_s']:.1f} s in all"
+    )
+    if "best_of_n" in summary:
+        b = summary["best_of_n"]
+        print(f"oracle best-of-{b['n']}: {b['solved']}/{summary['n_tasks']} ({100 * b['rate']:.1f}%)")
+    console.print(f"wrote {out / 'result.json'} and {out / 'samples.jsonl'}")
 
 
 @app.command()

@@ -32,6 +32,7 @@ import contextlib
 import functools
 import itertools
 import json
+import logging
 import os
 import select
 import shutil
@@ -43,7 +44,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ from tinyforge import plaindata
 STATUSES = ("passed", "failed", "error", "timeout", "memory", "crashed")
 _CHILD = Path(__file__).with_name("_sandbox_child.py")
 _GRACE = 10.0  # seconds the host waits beyond a job's own timeout before it kills a worker
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -401,13 +405,21 @@ class _Cgroup:
         )
         return ["/bin/sh", "-c", script, "sh", *procs, "--", *cmd]
 
-    def close(self) -> None:
+    def close(self, deadline: float | None = None) -> None:
+        """Remove the cgroup folders; a folder stays busy for a moment after its processes were killed, so
+        retry until ``deadline`` (``time.monotonic()``; default: one second from now)."""
+        deadline = time.monotonic() + 1.0 if deadline is None else deadline
         for d in self.dirs:
-            for _ in range(50):
+            while True:
                 try:
                     d.rmdir()
                     break
+                except FileNotFoundError:
+                    break
                 except OSError:
+                    if time.monotonic() > deadline:
+                        log.debug("cgroup %s still busy; left behind", d)
+                        break
                     time.sleep(0.02)
 
 
@@ -500,15 +512,18 @@ class _Worker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def close(self) -> None:
+    def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, 9)
+
+    def close(self, deadline: float | None = None) -> None:
+        self.kill()
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=10)
         for s in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(Exception):
                 s.close()  # type: ignore[union-attr]
-        self.cgroup.close()
+        self.cgroup.close(deadline)
         if getattr(self, "_scratch", None):
             shutil.rmtree(self._scratch, ignore_errors=True)
 
@@ -628,11 +643,16 @@ class SandboxPool:
         assert isinstance(r, IOResult)
         return r
 
+    def submit(self, job: Job) -> Future[Verdict | IOResult]:
+        """Run ``job`` on the next free worker; jobs wait in a queue (first in, first out) while all are busy.
+        For callers that check work as it is produced (``tinyforge eval`` verifies while the model writes)."""
+        return self._runner.submit(self.run, job)
+
     def imap(self, jobs: Iterable[Job]) -> Iterator[Verdict | IOResult]:
         """Results in input order, computed on all workers; a generator, so callers can show progress."""
         window: collections.deque = collections.deque()
         for job in jobs:
-            window.append(self._runner.submit(self.run, job))
+            window.append(self.submit(job))
             if len(window) >= 4 * self.workers:
                 yield window.popleft().result()
         while window:
@@ -652,8 +672,11 @@ class SandboxPool:
         with self._lock:
             self._closed = True
             workers, self._idle, self._all = self._all, [], []
+        for w in workers:  # kill all first: their sandboxes wind down together, not one after another
+            w.kill()
+        deadline = time.monotonic() + 1.0
         for w in workers:
-            w.close()
+            w.close(deadline)
         self._runner.shutdown(wait=False, cancel_futures=True)
         self._spawner.shutdown(wait=False)
 

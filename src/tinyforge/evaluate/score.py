@@ -18,6 +18,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,6 +286,97 @@ def check_jobs(
     return jobs
 
 
+def task_of(bench: str, tasks: dict[str, CodeTask], sample: dict[str, Any]) -> CodeTask:
+    """The task a sample is for; its ``task_id`` is normalised in place (``HumanEval/0``, ``Mbpp/2``)."""
+    try:
+        tid = normalize_task_id(bench, sample["task_id"])
+    except ValueError as e:
+        raise ScoreError(str(e)) from None
+    if tid not in tasks:
+        raise ScoreError(f"sample task_id {sample['task_id']!r} is not a task of {bench}")
+    sample["task_id"] = tid
+    return tasks[tid]
+
+
+class Scorer:
+    """Checks samples of one benchmark as they come: set up once, ``submit`` each sample, ``summary`` at the
+    end. ``score`` runs it over a list; ``tinyforge eval`` feeds it completions while the model still writes.
+
+    ``tasks`` are the tasks that count (default: every task of the benchmark); ``need`` the ones samples
+    will come for (default: all of ``tasks``), whose reference outputs are computed up front on plus
+    benchmarks. BigCodeBench tasks whose libraries are not installed are ``skipped``.
+    """
+
+    def __init__(
+        self,
+        bench: str,
+        pool: SandboxPool,
+        *,
+        tasks: Sequence[CodeTask] | None = None,
+        need: Iterable[str] | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    ) -> None:
+        self.name = get_benchmark(bench).name
+        self.pool = pool
+        self.tasks = {
+            t.task_id: t for t in (tasks if tasks is not None else load_benchmark(self.name, data_dir))
+        }
+        self.skipped: dict[str, list[str]] = {}
+        if self.name == "bigcodebench-hard":
+            for t in self.tasks.values():
+                if miss := missing_libs(t):
+                    self.skipped[t.task_id] = miss
+        self.expected: dict[str, Expected] | None = None
+        if self.name in PLUS_BENCHES:
+            wanted = set(self.tasks) if need is None else set(need)
+            todo = [t for t in self.tasks.values() if t.task_id in wanted]
+            tick = progress("canonical outputs", len(todo)) if progress else None
+            self.expected = expected_outputs(self.name, todo, pool, data_dir, tick)
+
+    def task_of(self, sample: dict[str, Any]) -> CodeTask:
+        return task_of(self.name, self.tasks, sample)
+
+    def submit(self, sample: dict[str, Any]) -> Future[SampleResult]:
+        """The verdict on one sample (a ``solution`` program, or a ``completion`` of the task's prompt)."""
+        task = self.task_of(sample)
+        if task.task_id in self.skipped:
+            return _done(SampleResult(
+                task.task_id, False, "skipped", "missing libraries: " + ", ".join(self.skipped[task.task_id])
+            ))  # fmt: skip
+        try:
+            program = program_of(task, sample)
+        except ScoreError:
+            return _done(SampleResult(task.task_id, False, "error", "sample has no code"))
+        if self.expected is not None and task.task_id not in self.expected:
+            self.expected.update(expected_outputs(self.name, [task], self.pool))
+        (job,) = check_jobs(self.name, [(task, program)], self.expected)
+        out: Future[SampleResult] = Future()
+
+        def judge(f: Future[Verdict | IOResult]) -> None:
+            try:
+                r = f.result()
+                if isinstance(r, IOResult):
+                    assert self.expected is not None
+                    out.set_result(_judge_plus(self.name, task, self.expected[task.task_id], r))
+                else:
+                    out.set_result(SampleResult(task.task_id, r.passed, r.status, r.detail))
+            except BaseException as e:  # the pool closed, or a bug: surface it where the result is awaited
+                out.set_exception(e)
+
+        self.pool.submit(job).add_done_callback(judge)
+        return out
+
+    def summary(self, results: list[SampleResult]) -> dict[str, Any]:
+        return summarize(self.name, self.tasks, results, self.skipped, self.expected)
+
+
+def _done(result: SampleResult) -> Future[SampleResult]:
+    f: Future[SampleResult] = Future()
+    f.set_result(result)
+    return f
+
+
 def score(
     bench: str,
     samples: list[dict[str, Any]],
@@ -298,63 +390,25 @@ def score(
 
     `tasks` restricts scoring to a subset (default: every task of the benchmark); tasks with no sample
     count as failed, with a warning."""
-    name = get_benchmark(bench).name
-    all_tasks = {t.task_id: t for t in (tasks if tasks is not None else load_benchmark(name, data_dir))}
-    by_id: dict[str, CodeTask] = {}
-    for s in samples:
-        try:
-            tid = normalize_task_id(name, s["task_id"])
-        except ValueError as e:
-            raise ScoreError(str(e)) from None
-        if tid not in all_tasks:
-            raise ScoreError(f"sample task_id {s['task_id']!r} is not a task of {name}")
-        s["task_id"] = tid
-        by_id[tid] = all_tasks[tid]
     own_pool = pool is None
     pool = pool or SandboxPool()
     try:
-        skipped: dict[str, list[str]] = {}
-        if name == "bigcodebench-hard":
-            for t in all_tasks.values():
-                if miss := missing_libs(t):
-                    skipped[t.task_id] = miss
-        expected = None
-        if name in PLUS_BENCHES:
-            need = [t for t in all_tasks.values() if t.task_id in by_id]
-            expected = expected_outputs(
-                name, need, pool, data_dir, progress("canonical outputs", len(need)) if progress else None
-            )
-        todo = [(i, s) for i, s in enumerate(samples) if s["task_id"] not in skipped]
-        results: list[SampleResult | None] = [None] * len(samples)
-        for i, s in enumerate(samples):
-            if s["task_id"] in skipped:
-                results[i] = SampleResult(
-                    s["task_id"], False, "skipped", "missing libraries: " + ", ".join(skipped[s["task_id"]])
-                )
-        pairs = []
-        for i, s in todo:
-            try:
-                pairs.append((i, all_tasks[s["task_id"]], program_of(all_tasks[s["task_id"]], s)))
-            except ScoreError:
-                results[i] = SampleResult(s["task_id"], False, "error", "sample has no code")
-        jobs = check_jobs(name, [(t, p) for _, t, p in pairs], expected)
-        tick = progress("samples", len(jobs)) if progress else None
-        for (i, task, _), r in zip(pairs, pool.imap(jobs), strict=False):
-            if isinstance(r, IOResult):
-                assert expected is not None
-                results[i] = _judge_plus(name, task, expected[task.task_id], r)
-            else:
-                assert isinstance(r, Verdict)
-                results[i] = SampleResult(task.task_id, r.passed, r.status, r.detail)
+        name = get_benchmark(bench).name
+        all_tasks = tasks if tasks is not None else load_benchmark(name, data_dir)
+        by_id = {t.task_id: t for t in all_tasks}
+        need = {task_of(name, by_id, s).task_id for s in samples}  # every id checked before work starts
+        scorer = Scorer(name, pool, tasks=all_tasks, need=need, data_dir=data_dir, progress=progress)
+        futures = [scorer.submit(s) for s in samples]
+        tick = progress("samples", len(futures)) if progress else None
+        results = []
+        for f in futures:
+            results.append(f.result())
             if tick:
                 tick(1)
     finally:
         if own_pool:
             pool.close()
-    final = [r for r in results if r is not None]
-    assert len(final) == len(samples)
-    summary = summarize(name, all_tasks, final, skipped, expected)
-    return summary, final
+    return scorer.summary(results), results
 
 
 def summarize(

@@ -1,0 +1,603 @@
+"""Generation speed on one GPU: bare vLLM, tinyforge's vLLM engine and whole eval, plain transformers.
+
+The work is HumanEval, raw format (``prompts.code_prompt(task, "raw")``, stops ``prompts.stops("raw")``),
+``--n`` samples per task (default 8) at ``--temperature`` (0.8), up to ``--max-tokens`` (512) each, with
+Qwen2.5-Coder-0.5B-Instruct (the embedded GGUF, converted once to a bf16 transformers folder by
+``hf_folder``; or ``--model``). Rows:
+
+* bare vLLM, ``LLM.generate`` with ``SamplingParams(n=8)``: the reference, what vLLM does alone;
+* bare vLLM with per-sample seeds: the same samples as 8 requests of ``n=1``, each seeded with tinyforge's
+  ``sample_key`` (as ``VLLMEngine`` does): the cost of reproducible samples (vLLM draws seeded noise row by
+  row);
+* tinyforge ``VLLMEngine.generate``: the engine alone (rendering, token prompts, streaming, decoding);
+* tinyforge eval, ``tinyforge.evaluate.run.evaluate``: generation, sanitizing and sandboxed verification
+  end to end, with a fresh cache (nothing served from it). Its tokens are counted as they pass, and the
+  notes say when the first and the last completion arrived (the rest is verification after generation);
+* transformers ``generate`` in batches of 8 (and 256) on the first prompts: a plain sampling loop
+  (left padding, the same stop strings);
+* tinyforge ``HFEngine`` (GPU defaults: bf16, batch 256, static cache + torch.compile), cold (compiling)
+  and warm.
+
+Wall times exclude model loading and vLLM's start (reported apart) and follow one short warm-up request.
+vLLM's prefix cache is reset before each vLLM row. tok/s = generated tokens / wall seconds; vLLM's own
+counts include the end-of-sequence token, tinyforge's do not. Each group of rows runs in its own
+subprocess (one model load each; vLLM's memory is only really freed when its process ends), and a failed
+part is reported while the others still run. The model is converted before any timing.
+
+    .venv/bin/python bench/generate.py [--quick] [--model SPEC] [--json OUT] [--parts vllm,hf-generate,hf-engine]
+
+Needs a CUDA GPU, torch and transformers; vLLM for the vLLM rows. Prints numbers, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tinyforge.data import load_benchmark
+from tinyforge.generate import prompts
+from tinyforge.generate.base import Completion, Engine, GenerationRequest, Prompt, SamplingParams
+from tinyforge.generate.models import ModelRef, hf_folder, resolve_model
+
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+PARTS = ("vllm", "hf-generate", "hf-engine")
+BENCH = "humaneval"
+# How the shared tools' notes say to run vLLM on the GPU machine; set for the parts unless already set.
+VLLM_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _log(msg: str) -> None:
+    print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    return (
+        head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        if head.returncode == 0
+        else "unknown"
+    )
+
+
+def _row(what: str, wall: float, tokens: int, samples: int, notes: str = "", **extra: Any) -> dict[str, Any]:
+    return {
+        "what": what,
+        "wall_s": round(wall, 3),
+        "tokens": tokens,
+        "samples": samples,
+        "tok_s": round(tokens / wall, 1) if wall > 0 else None,
+        "notes": notes,
+        **extra,
+    }
+
+
+def _device() -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"device": "no CUDA device"}
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "device": torch.cuda.get_device_name(0),
+        "device_memory_gib": round(props.total_memory / 2**30, 1),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
+
+
+def _texts(cfg: dict[str, Any], count: int | None = None) -> list[str]:
+    tasks = load_benchmark(BENCH)
+    limit = cfg["limit"] if count is None else count
+    return [str(prompts.code_prompt(t, "raw")) for t in tasks[:limit]]
+
+
+def _params(cfg: dict[str, Any]) -> SamplingParams:
+    return SamplingParams(
+        n=cfg["n"],
+        temperature=cfg["temperature"],
+        top_p=cfg["top_p"],
+        max_new_tokens=cfg["max_tokens"],
+        stop=tuple(prompts.stops("raw")),
+        seed=cfg["seed"],
+    )
+
+
+class Watched(Engine):
+    """Passes work to ``inner``, counting samples and generated tokens and noting when the first and the last
+    completion passed (``time.perf_counter``). Other attributes are the inner engine's."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.samples = self.tokens = 0
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def render(self, prompt: Prompt) -> str:
+        return self.inner.render(prompt)
+
+    def key(self) -> dict[str, Any]:
+        return self.inner.key()
+
+    def run(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams
+    ) -> Iterator[tuple[int, Completion]]:
+        for pos, c in self.inner.run(requests, params):
+            now = time.perf_counter()
+            self.first = self.first or now
+            self.last = now
+            self.samples += 1
+            self.tokens += c.completion_tokens
+            yield pos, c
+
+
+def watch(engine: Engine) -> Watched:
+    """``Watched(engine)`` under the inner engine's class name, which the eval records as the back-end."""
+    return type(type(engine).__name__, (Watched,), {})(engine)
+
+
+def _pass_at(summary: Any) -> str:
+    """``pass@k=...`` for the pass@k numbers found anywhere in an eval summary (its shape is the eval's)."""
+    found: dict[str, Any] = {}
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if isinstance(k, str) and k.startswith("pass@") and isinstance(v, int | float):
+                    found.setdefault(k, v)
+                else:
+                    walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(summary)
+    return ", ".join(f"{k}={v:.3f}" for k, v in sorted(found.items(), key=lambda kv: kv[0]))
+
+
+# --- the parts (each in its own process) ------------------------------------------------------------------
+
+
+def part_vllm(cfg: dict[str, Any], out: dict[str, Any]) -> None:
+    """Bare vLLM (n=8, then per-sample seeds), VLLMEngine.generate and the whole eval, on one vLLM instance."""
+    import vllm
+
+    from tinyforge.generate.hf import sample_key
+    from tinyforge.generate.vllm_engine import VLLMEngine
+
+    out.update(_device(), vllm=vllm.__version__)
+    ref = ModelRef(**cfg["ref"])
+    texts = _texts(cfg)
+    params = _params(cfg)
+    stops = list(params.stop)
+    start = time.perf_counter()
+    engine: VLLMEngine | None = None
+    try:
+        engine = VLLMEngine(
+            ref, gpu_memory_utilization=cfg["gpu_memory_utilization"], max_model_len=cfg["max_model_len"]
+        )
+        llm = engine.llm
+    except Exception as e:  # still time bare vLLM
+        out["errors"].append(f"VLLMEngine failed to start ({e!r}); bare vLLM rows only")
+        llm = vllm.LLM(
+            model=cfg["folder"],
+            dtype="bfloat16",
+            gpu_memory_utilization=cfg["gpu_memory_utilization"],
+            max_model_len=cfg["max_model_len"],
+            seed=0,
+        )
+    out["start_s"] = round(time.perf_counter() - start, 1)
+    _log(f"vLLM started in {out['start_s']} s")
+    llm.generate(texts[:2], vllm.SamplingParams(max_tokens=8), use_tqdm=False)  # warm-up
+
+    def vparams(**kw: Any) -> Any:
+        return vllm.SamplingParams(
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            stop=stops,
+            **kw,
+        )
+
+    def timed(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        _log(name)
+        llm.reset_prefix_cache()
+        try:
+            out["rows"].append(fn())
+        except Exception:
+            out["errors"].append(f"{name}: {traceback.format_exc(limit=4)}")
+
+    n = params.n
+    samples = len(texts) * n
+
+    def bare() -> dict[str, Any]:
+        t = time.perf_counter()
+        res = llm.generate(texts, vparams(n=n), use_tqdm=False)
+        wall = time.perf_counter() - t
+        tokens = sum(len(o.token_ids) for r in res for o in r.outputs)
+        return _row(f"bare vLLM: LLM.generate, n={n}", wall, tokens, samples, key="bare")
+
+    def bare_seeded() -> dict[str, Any]:
+        reqs = [(text, i) for text in texts for i in range(n)]
+        sps = [vparams(n=1, seed=sample_key(params.seed, text, i)) for text, i in reqs]
+        t = time.perf_counter()
+        res = llm.generate([text for text, _ in reqs], sps, use_tqdm=False)
+        wall = time.perf_counter() - t
+        tokens = sum(len(o.token_ids) for r in res for o in r.outputs)
+        return _row("bare vLLM: per-sample seeds (n=1 each)", wall, tokens, samples, key="bare_seeded")
+
+    timed("bare vLLM", bare)
+    timed("bare vLLM, per-sample seeds", bare_seeded)
+    if engine is None:
+        return
+
+    def engine_generate() -> dict[str, Any]:
+        watched = watch(engine)
+        t = time.perf_counter()
+        watched.generate(texts, params)
+        wall = time.perf_counter() - t
+        first = (watched.first or t) - t
+        return _row(
+            "tinyforge VLLMEngine.generate",
+            wall,
+            watched.tokens,
+            watched.samples,
+            f"first completion after {first:.1f} s",
+            key="engine",
+        )
+
+    def whole_eval() -> dict[str, Any]:
+        from tinyforge.evaluate.run import evaluate
+
+        watched = watch(engine)
+        with tempfile.TemporaryDirectory(prefix="tinyforge-bench-") as tmp:
+            t = time.perf_counter()
+            summary = evaluate(
+                BENCH,
+                watched,
+                out_dir=Path(tmp) / "out",
+                fmt="raw",
+                params=params,
+                limit=cfg["limit"],
+                cache_dir=Path(tmp) / "cache",
+            )
+            wall = time.perf_counter() - t
+        first, last = ((x or t) - t for x in (watched.first, watched.last))
+        notes = f"{_pass_at(summary)}; completions from {first:.1f} s to {last:.1f} s".lstrip("; ")
+        return _row(
+            "tinyforge eval (generate + sanitize + verify)",
+            wall,
+            watched.tokens,
+            watched.samples,
+            notes,
+            key="eval",
+            generation_done_s=round(last, 3),
+            summary=summary,
+        )
+
+    timed("VLLMEngine.generate", engine_generate)
+    timed("tinyforge eval", whole_eval)
+    engine.close()
+
+
+def part_hf_generate(cfg: dict[str, Any], out: dict[str, Any]) -> None:
+    """A plain transformers sampling loop, batches of each ``--hf-batch`` size."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out.update(_device(), transformers=_version("transformers"))
+    n, stops = cfg["n"], prompts.stops("raw")
+    start = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(cfg["folder"])
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(cfg["folder"], dtype=torch.bfloat16).to("cuda").eval()
+    out["start_s"] = round(time.perf_counter() - start, 1)
+    eos = model.generation_config.eos_token_id
+    ends = {tok.eos_token_id, tok.pad_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
+    sample = cfg["temperature"] > 0
+    kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": cfg["max_tokens"]}
+    if sample:
+        kwargs.update(temperature=cfg["temperature"], top_p=cfg["top_p"], top_k=0)
+
+    @torch.inference_mode()
+    def generate(batch: list[str], **kw: Any) -> int:
+        enc = tok(batch, return_tensors="pt", padding=True).to("cuda")
+        gen = model.generate(**enc, stop_strings=stops, tokenizer=tok, pad_token_id=tok.pad_token_id, **kw)
+        tokens = 0
+        for row in gen[:, enc.input_ids.shape[1] :].tolist():
+            tokens += next((k for k, t in enumerate(row) if t in ends), len(row))
+        return tokens
+
+    generate(_texts(cfg, 2), max_new_tokens=8)  # warm-up
+    for size in cfg["hf_batches"]:
+        rows = max(cfg["hf_rows"], size)
+        texts = [t for t in _texts(cfg, math.ceil(rows / n)) for _ in range(n)][:rows]
+        _log(f"transformers generate, batch {size}, {rows} rows")
+        try:
+            torch.manual_seed(cfg["seed"])
+            t = time.perf_counter()
+            tokens = sum(generate(texts[k : k + size], **kwargs) for k in range(0, rows, size))
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - t
+            note = f"first {math.ceil(rows / n)} prompts x {n}"
+            out["rows"].append(
+                _row(f"transformers generate, batch {size}", wall, tokens, rows, note, key=f"hf_b{size}")
+            )
+        except Exception:
+            out["errors"].append(f"transformers batch {size}: {traceback.format_exc(limit=4)}")
+
+
+def part_hf_engine(cfg: dict[str, Any], out: dict[str, Any]) -> None:
+    """tinyforge's HFEngine with its GPU defaults, cold (compiling) then warm."""
+    from tinyforge.generate.hf import HFEngine
+
+    out.update(_device(), transformers=_version("transformers"))
+    n, rows = cfg["n"], cfg["hf_engine_rows"]
+    start = time.perf_counter()
+    engine = HFEngine(resolve_model(cfg["folder"]))
+    out["start_s"] = round(time.perf_counter() - start, 1)
+    texts = _texts(cfg, math.ceil(rows / n))
+    reqs = [GenerationRequest(t, i) for t in texts for i in range(n)][:rows]
+    params = _params(cfg)
+    for run in ("cold", "warm")[: cfg["hf_engine_runs"]]:
+        _log(f"HFEngine, {run}, {rows} rows")
+        try:
+            t = time.perf_counter()
+            done = [c for _, c in engine.run(reqs, params)]
+            wall = time.perf_counter() - t
+            note = f"batch {engine.batch_size}, compile {engine.compile}, {run}; first {len(texts)} prompts x {n}"
+            tokens = sum(c.completion_tokens for c in done)
+            out["rows"].append(
+                _row(f"tinyforge HFEngine ({run})", wall, tokens, len(done), note, key=f"hfengine_{run}")
+            )
+        except Exception:
+            out["errors"].append(f"HFEngine {run}: {traceback.format_exc(limit=4)}")
+
+
+PART_FUNCS: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
+    "vllm": part_vllm,
+    "hf-generate": part_hf_generate,
+    "hf-engine": part_hf_engine,
+}
+
+
+def run_part_here(name: str, config: Path, result: Path) -> int:
+    """The child's side: run one part and write what it measured, also when it failed half-way."""
+    cfg = json.loads(config.read_text())
+    out: dict[str, Any] = {"rows": [], "errors": []}
+    try:
+        PART_FUNCS[name](cfg, out)
+    except BaseException:
+        out["errors"].append(traceback.format_exc(limit=6))
+        raise
+    finally:
+        result.write_text(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+def run_part(name: str, cfg: dict[str, Any], workdir: Path, timeout: float) -> dict[str, Any]:
+    """The parent's side: one part in a fresh Python process; its output goes to a log file."""
+    config, result, log = (
+        workdir / f"{name}.config.json",
+        workdir / f"{name}.result.json",
+        workdir / f"{name}.log",
+    )
+    config.write_text(json.dumps(cfg))
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--part",
+        name,
+        "--config",
+        str(config),
+        "--result",
+        str(result),
+    ]
+    env = {**VLLM_ENV, **os.environ, "PYTHONUNBUFFERED": "1"}
+    _log(f"part {name} (log: {log})")
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        try:
+            code: int | str = subprocess.run(
+                cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout
+            ).returncode
+        except subprocess.TimeoutExpired:
+            code = f"killed after {timeout:.0f} s"
+    out: dict[str, Any] = {"rows": [], "errors": []}
+    if result.is_file():
+        out = json.loads(result.read_text())
+    if code != 0:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        out["errors"].append(f"part {name} exited with {code}; last lines of {log}:\n" + "\n".join(tail))
+    out["part_s"] = round(time.perf_counter() - start, 1)
+    out["log"] = str(log)
+    return out
+
+
+# --- the report ------------------------------------------------------------------------------------------
+
+
+def print_report(meta: dict[str, Any], parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    rows = [r for p in parts.values() for r in p["rows"]]
+    print(f"# Generation benchmark, {meta['date']}")
+    print(f"command: {meta['command']}")
+    print(f"model: {meta['model']} (sha256 {meta['model_sha256']}), folder {meta['folder']}")
+    print(
+        f"work: {meta['bench']} raw, {meta['tasks']} tasks x n={meta['n']}, T={meta['temperature']}, "
+        f"top_p={meta['top_p']}, max {meta['max_tokens']} tokens; tinyforge {meta['git']}"
+    )
+    for name, p in parts.items():
+        extra = ", ".join(f"{k} {p[k]}" for k in ("torch", "cuda", "vllm", "transformers") if k in p)
+        start = f", model load/start {p['start_s']} s" if "start_s" in p else ""
+        print(f"part {name}: {p.get('device', '?')}{start}; {extra}")
+    head = ["what", "samples", "wall s", "gen tokens", "tok/s", "notes"]
+    lines = [
+        [
+            r["what"],
+            str(r["samples"]),
+            f"{r['wall_s']:.1f}",
+            str(r["tokens"]),
+            f"{r['tok_s'] or 0:.0f}",
+            r["notes"],
+        ]
+        for r in rows
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
+    fmt = " | ".join(f"{{:{'<' if i in (0, 5) else '>'}{w}}}" for i, w in enumerate(widths))
+    print()
+    print(fmt.format(*head))
+    print("-+-".join("-" * w for w in widths))
+    for ln in lines:
+        print(fmt.format(*ln))
+    by = {r.get("key"): r for r in rows}
+    ratios: dict[str, float] = {}
+    for num, den, label in (
+        ("eval", "bare", "eval / bare vLLM (goal <= 1.2)"),
+        ("eval", "bare_seeded", "eval / bare vLLM with per-sample seeds"),
+        ("engine", "bare", "VLLMEngine.generate / bare vLLM"),
+        ("bare_seeded", "bare", "per-sample seeds / bare vLLM"),
+    ):
+        if num in by and den in by and by[den]["wall_s"] > 0:
+            ratios[label] = round(by[num]["wall_s"] / by[den]["wall_s"], 3)
+    print()
+    for label, x in ratios.items():
+        print(f"{label}: {x:.2f}x")
+    if "eval" in by and "bare" in by:
+        tail = by["eval"]["wall_s"] - by["eval"].get("generation_done_s", by["eval"]["wall_s"])
+        print(f"eval time after the last completion (verification tail): {tail:.1f} s")
+    for name, p in parts.items():
+        for err in p["errors"]:
+            print(f"\n[{name}] ERROR: {err}")
+    return {"meta": meta, "rows": rows, "ratios": ratios, "parts": parts}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, GGUF file, folder or hub id")
+    ap.add_argument(
+        "--quick", action="store_true", help="16 tasks, fewer transformers rows, one HFEngine run"
+    )
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    ap.add_argument("--limit", type=int, help="first N HumanEval tasks (default: all 164; --quick: 16)")
+    ap.add_argument("--n", type=int, default=8, help="samples per task")
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--max-tokens", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument(
+        "--hf-batch", type=int, action="append", help="transformers batch sizes (default: 8 and 256)"
+    )
+    ap.add_argument(
+        "--hf-rows", type=int, help="rows (prompt x sample) per transformers batch size (default 64)"
+    )
+    ap.add_argument("--hf-engine-rows", type=int, help="rows for HFEngine (default 256; --quick: 32)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per part")
+    ap.add_argument("--log-dir", help="where the parts' logs go (default: a new temporary folder)")
+    ap.add_argument("--json", metavar="OUT", help="also write the numbers to OUT")
+    ap.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)  # internal: run one part here
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.part:
+        return run_part_here(args.part, Path(args.config), Path(args.result))
+
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        ap.error(f"unknown parts {unknown}; known: {', '.join(PARTS)}")
+    limit = args.limit or (16 if args.quick else None)
+    tasks = len(load_benchmark(BENCH)[:limit])
+    _log(f"resolving {args.model}")
+    ref = resolve_model(args.model)
+    start = time.perf_counter()
+    folder = hf_folder(ref, "bfloat16")
+    prep = time.perf_counter() - start
+    _log(f"transformers folder {folder} ({prep:.0f} s)")
+    cfg = {
+        "ref": {
+            "kind": ref.kind,
+            "path": ref.path,
+            "sha256": ref.sha256,
+            "gguf_file": ref.gguf_file,
+            "name": ref.name,
+        },
+        "folder": str(folder),
+        "limit": limit,
+        "n": args.n,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_tokens": args.max_tokens,
+        "seed": args.seed,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "max_model_len": args.max_model_len,
+        "hf_batches": args.hf_batch or ([8] if args.quick else [8, 256]),
+        "hf_rows": args.hf_rows or (16 if args.quick else 64),
+        "hf_engine_rows": args.hf_engine_rows or (32 if args.quick else 256),
+        "hf_engine_runs": 1 if args.quick else 2,
+    }
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    meta = {
+        "date": now.isoformat(),
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "host": f"{platform.node()}, {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "python": platform.python_version(),
+        "git": _git_commit(),
+        "model": args.model,
+        "model_sha256": ref.sha256,
+        "folder": str(folder),
+        "folder_prep_s": round(prep, 1),
+        "bench": BENCH,
+        "tasks": tasks,
+        **{k: cfg[k] for k in ("n", "temperature", "top_p", "max_tokens", "seed")},
+        "config": cfg,
+    }
+    workdir = Path(args.log_dir or tempfile.mkdtemp(prefix="tinyforge-bench-generate-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = {name: run_part(name, cfg, workdir, args.timeout) for name in parts}
+    report = print_report(meta, results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+        print(f"\nnumbers written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

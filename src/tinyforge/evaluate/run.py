@@ -1,0 +1,161 @@
+"""``tinyforge eval``: generate completions for a code benchmark and score them, overlapping the two.
+
+Each completion goes to the sandbox the moment the engine yields it (``Scorer.submit``), so verification
+runs on the CPU while the model keeps writing, and the run ends shortly after the last completion.
+Completions pass through the generation cache first: a killed run, run again, regenerates nothing that
+was already written, and a rerun with the same seed is served from the cache alone (verdicts are
+recomputed; they are cheap and depend on the harness, not the model).
+
+Samples are written in evalplus' format (``task_id`` + ``solution``, the whole program) plus what the
+model wrote (``output``), its sample ``index`` and finish reason, so that ``tinyforge score`` and
+evalplus can score the file again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from tinyforge.data import cache_dir as data_cache_dir
+from tinyforge.data import get_benchmark, load_benchmark
+from tinyforge.evaluate.metrics import wilson_interval
+from tinyforge.evaluate.score import SampleResult, ScoreError, Scorer, write_results
+from tinyforge.generate.base import Engine, GenerationRequest, SamplingParams
+from tinyforge.generate.cache import CachedEngine, GenerationCache
+from tinyforge.generate.prompts import FORMATS, code_prompt, stops, to_program
+from tinyforge.sandbox import SandboxPool
+
+__all__ = ["default_cache_dir", "evaluate", "resolve_format"]
+
+Progress = Callable[[str, int], Callable[[int], None]]
+
+
+def default_cache_dir() -> Path:
+    """Where completions are cached unless told otherwise: ``<tinyforge cache>/generations``."""
+    return data_cache_dir() / "generations"
+
+
+def resolve_format(fmt: str, engine: Engine) -> str:
+    """``auto`` is ``chat`` for a model with a chat template (or a server, which applies its own), else
+    ``raw``; other names are checked and returned."""
+    if fmt == "auto":
+        tokenizer = getattr(engine, "tokenizer", None)
+        return "raw" if tokenizer is not None and not tokenizer.chat_template else "chat"
+    if fmt not in FORMATS:
+        raise ScoreError(f"unknown prompt format {fmt!r}; known: auto, {', '.join(FORMATS)}")
+    return fmt
+
+
+def evaluate(
+    bench: str,
+    engine: Engine,
+    *,
+    out_dir: str | os.PathLike[str],
+    fmt: str = "auto",
+    params: SamplingParams | None = None,
+    limit: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    pool: SandboxPool | None = None,
+    progress: Progress | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Generate ``params.n`` samples per task of ``bench`` (the first ``limit`` tasks), verify each in the
+    sandbox as it arrives, and write ``out_dir/result.json`` and ``out_dir/samples.jsonl``.
+
+    ``params.stop`` empty means the format's own stop strings. Returns the result summary: pass@1 (greedy
+    when ``n == 1`` and temperature 0), unbiased pass@k, oracle best-of-n, the prompt format, the model's
+    identity, the sampling settings and generation timings. ``meta`` is added to it as is (e.g. the
+    command line)."""
+    t0 = time.perf_counter()
+    params = params or SamplingParams()
+    fmt = resolve_format(fmt, engine)
+    if params.greedy and params.n > 1:
+        raise ScoreError(
+            "greedy decoding (temperature 0) gives n identical samples: set a temperature for n > 1"
+        )
+    if not params.stop:
+        params = replace(params, stop=tuple(stops(fmt)))
+    name = get_benchmark(bench).name
+    tasks = load_benchmark(name, data_dir)
+    if limit is not None:
+        if limit < 1:
+            raise ScoreError("--limit must be at least 1")
+        tasks = tasks[:limit]
+    own_pool = pool is None
+    pool = pool or SandboxPool(workers)
+    cache = GenerationCache(cache_dir or default_cache_dir())
+    cached = CachedEngine(engine, cache)
+    try:
+        scorer = Scorer(name, pool, tasks=tasks, data_dir=data_dir, progress=progress)
+        todo = [t for t in tasks if t.task_id not in scorer.skipped]
+        requests = [GenerationRequest(code_prompt(t, fmt), i) for t in todo for i in range(params.n)]
+        samples: list[dict[str, Any]] = [{} for _ in requests]
+        futures: list[Future[SampleResult] | None] = [None] * len(requests)
+        generated = progress("generate", len(requests)) if progress else None
+        verified = progress("verify", len(requests)) if progress else None
+        finish: Counter[str] = Counter()
+        tokens = 0
+        t_gen = time.perf_counter()
+        for pos, c in cached.run(requests, params):
+            task = todo[pos // params.n]
+            samples[pos] = {
+                "task_id": task.task_id,
+                "index": pos % params.n,
+                "solution": to_program(task, fmt, c.text),
+                "output": c.text,
+                "finish_reason": c.finish_reason,
+                "completion_tokens": c.completion_tokens,
+            }
+            finish[c.finish_reason] += 1
+            tokens += c.completion_tokens
+            futures[pos] = f = scorer.submit(dict(samples[pos]))
+            if verified:
+                f.add_done_callback(lambda _: verified(1))
+            if generated:
+                generated(1)
+        gen_s = time.perf_counter() - t_gen
+        results = [f.result() for f in futures if f is not None]
+        tail_s = time.perf_counter() - t_gen - gen_s  # verification still running after the last completion
+        if len(results) != len(requests):
+            raise ScoreError(f"the engine returned {len(results)} of {len(requests)} completions")
+        summary = scorer.summary(results)
+    finally:
+        cache.close()
+        if own_pool:
+            pool.close()
+    total_s = time.perf_counter() - t0
+    solved = summary["n_tasks_solved"]
+    n_tasks = summary["n_tasks"]
+    summary.update(
+        format=fmt,
+        model={"backend": type(engine).__name__, **engine.key()},
+        sampling={"n": params.n, **params.key()},
+        limit=limit,
+        generation={
+            "samples": len(requests),
+            "from_cache": cached.hits,
+            "generated": cached.misses,
+            "completion_tokens": tokens,
+            "finish_reasons": dict(finish),
+            "wall_s": round(gen_s, 3),
+            "tokens_per_s": round(tokens / gen_s, 1) if gen_s > 0 and cached.misses else None,
+        },
+        verify_tail_s=round(tail_s, 3),
+        wall_s=round(total_s, 3),
+    )
+    if params.n > 1:  # oracle best-of-n: a task counts if any of its samples passes (the first one that does)
+        summary["best_of_n"] = {"n": params.n, "solved": solved, "rate": solved / n_tasks if n_tasks else 0.0}
+    if params.n == 1 and n_tasks:  # one sample per task: pass@1 is a proportion of tasks
+        summary["wilson95_pass@1"] = list(wilson_interval(solved, n_tasks))
+    if meta:
+        summary.update(meta)
+    write_results(out_dir, summary, results, samples)
+    return summary
