@@ -44,9 +44,10 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from benchutil import log, version
 
 from tinyforge.data import load_benchmark
 from tinyforge.generate import prompts
@@ -58,17 +59,6 @@ PARTS = ("vllm", "hf-generate", "hf-engine")
 BENCH = "humaneval"
 # How the shared tools' notes say to run vLLM on the GPU machine; set for the parts unless already set.
 VLLM_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
-
-
-def _log(msg: str) -> None:
-    print(f"  .. {msg}", file=sys.stderr, flush=True)
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _git_commit() -> str:
@@ -221,7 +211,7 @@ def part_vllm(cfg: dict[str, Any], out: dict[str, Any]) -> None:
             seed=0,
         )
     out["start_s"] = round(time.perf_counter() - start, 1)
-    _log(f"vLLM started in {out['start_s']} s")
+    log(f"vLLM started in {out['start_s']} s")
     llm.generate(texts[:2], vllm.SamplingParams(max_tokens=8), use_tqdm=False)  # warm-up
 
     def vparams(**kw: Any) -> Any:
@@ -234,7 +224,7 @@ def part_vllm(cfg: dict[str, Any], out: dict[str, Any]) -> None:
         )
 
     def timed(name: str, fn: Callable[[], dict[str, Any]]) -> None:
-        _log(name)
+        log(name)
         llm.reset_prefix_cache()
         try:
             out["rows"].append(fn())
@@ -319,7 +309,7 @@ def part_hf_generate(cfg: dict[str, Any], out: dict[str, Any]) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out.update(_device(), transformers=_version("transformers"))
+    out.update(_device(), transformers=version("transformers"))
     n, stops = cfg["n"], prompts.stops("raw")
     start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(cfg["folder"])
@@ -348,7 +338,7 @@ def part_hf_generate(cfg: dict[str, Any], out: dict[str, Any]) -> None:
     for size in cfg["hf_batches"]:
         rows = max(cfg["hf_rows"], size)
         texts = [t for t in _texts(cfg, math.ceil(rows / n)) for _ in range(n)][:rows]
-        _log(f"transformers generate, batch {size}, {rows} rows")
+        log(f"transformers generate, batch {size}, {rows} rows")
         try:
             torch.manual_seed(cfg["seed"])
             t = time.perf_counter()
@@ -367,7 +357,7 @@ def part_hf_engine(cfg: dict[str, Any], out: dict[str, Any]) -> None:
     """tinyforge's HFEngine with its GPU defaults, cold (compiling) then warm."""
     from tinyforge.generate.hf import HFEngine
 
-    out.update(_device(), transformers=_version("transformers"))
+    out.update(_device(), transformers=version("transformers"))
     n, rows = cfg["n"], cfg["hf_engine_rows"]
     start = time.perf_counter()
     engine = HFEngine(resolve_model(cfg["folder"]))
@@ -376,7 +366,7 @@ def part_hf_engine(cfg: dict[str, Any], out: dict[str, Any]) -> None:
     reqs = [GenerationRequest(t, i) for t in texts for i in range(n)][:rows]
     params = _params(cfg)
     for run in ("cold", "warm")[: cfg["hf_engine_runs"]]:
-        _log(f"HFEngine, {run}, {rows} rows")
+        log(f"HFEngine, {run}, {rows} rows")
         try:
             t = time.perf_counter()
             done = [c for _, c in engine.run(reqs, params)]
@@ -430,7 +420,7 @@ def run_part(name: str, cfg: dict[str, Any], workdir: Path, timeout: float) -> d
         str(result),
     ]
     env = {**VLLM_ENV, **os.environ, "PYTHONUNBUFFERED": "1"}
-    _log(f"part {name} (log: {log})")
+    log(f"part {name} (log: {log})")
     start = time.perf_counter()
     with open(log, "w") as f:
         try:
@@ -545,12 +535,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown parts {unknown}; known: {', '.join(PARTS)}")
     limit = args.limit or (16 if args.quick else None)
     tasks = len(load_benchmark(BENCH)[:limit])
-    _log(f"resolving {args.model}")
+    log(f"resolving {args.model}")
     ref = resolve_model(args.model)
     start = time.perf_counter()
     folder = hf_folder(ref, "bfloat16")
     prep = time.perf_counter() - start
-    _log(f"transformers folder {folder} ({prep:.0f} s)")
+    log(f"transformers folder {folder} ({prep:.0f} s)")
     cfg = {
         "ref": {
             "kind": ref.kind,

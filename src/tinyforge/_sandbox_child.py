@@ -280,6 +280,8 @@ def _set_limits(job: dict) -> None:
     if job.get("max_procs"):
         n = int(job["max_procs"])
         resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
+    if job.get("nice"):
+        os.nice(int(job["nice"]))
 
 
 def _child(job: dict, result_w: int, nonce_r: int, out_w: int) -> None:

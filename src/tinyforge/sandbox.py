@@ -68,6 +68,7 @@ class Limits:
     file_size_mb: int = 64  # largest file a job may write (RLIMIT_FSIZE)
     scratch_mb: int = 256  # size of the scratch tmpfs of a worker
     output_kb: int = 16  # stdout+stderr kept per job; the rest is drained and dropped
+    nice: int = 0  # CPU priority of a job (0-19): higher yields the CPU to other work, e.g. a model generating
 
 
 @dataclass(frozen=True)
@@ -500,6 +501,7 @@ class _Worker:
             "file_size_mb": lim.file_size_mb,
             "output_limit": lim.output_kb << 10,
             "max_procs": self.nproc,
+            "nice": lim.nice,
         }
         try:
             assert self.proc.stdin is not None

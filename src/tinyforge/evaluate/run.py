@@ -29,7 +29,7 @@ from tinyforge.evaluate.score import SampleResult, ScoreError, Scorer, write_res
 from tinyforge.generate.base import Engine, GenerationRequest, SamplingParams
 from tinyforge.generate.cache import CachedEngine, GenerationCache
 from tinyforge.generate.prompts import FORMATS, code_prompt, stops, to_program
-from tinyforge.sandbox import SandboxPool
+from tinyforge.sandbox import Limits, SandboxPool
 
 __all__ = ["default_cache_dir", "evaluate", "resolve_format"]
 
@@ -90,7 +90,9 @@ def evaluate(
             raise ScoreError("--limit must be at least 1")
         tasks = tasks[:limit]
     own_pool = pool is None
-    pool = pool or SandboxPool(workers)
+    # Verdicts do not depend on CPU priority (time limits are seconds of wall clock, far above what a
+    # solution needs), so jobs run niced: the CPU side of generation (scheduling, detokenizing) goes first.
+    pool = pool or SandboxPool(workers, Limits(nice=10))
     cache = GenerationCache(cache_dir or default_cache_dir())
     cached = CachedEngine(engine, cache)
     try:

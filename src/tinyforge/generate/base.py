@@ -15,7 +15,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-__all__ = ["Completion", "Engine", "GenerationRequest", "Prompt", "SamplingParams", "sample_key"]
+from tinyforge.generate.models import ModelError
+
+__all__ = [
+    "Completion",
+    "Engine",
+    "GenerationRequest",
+    "LocalEngine",
+    "Prompt",
+    "SamplingParams",
+    "sample_key",
+]
 
 Message = dict[str, str]
 Prompt = str | list[Message]
@@ -103,3 +113,34 @@ class Engine(ABC):
         requests = [GenerationRequest(p, i) for p in prompts for i in range(params.n)]
         done: dict[int, Completion] = dict(self.run(requests, params))
         return [[done[j * params.n + i] for i in range(params.n)] for j in range(len(prompts))]
+
+
+class LocalEngine(Engine):
+    """An engine over a model of our own (not a server): its identity is the model's content hash (or hub
+    commit), the adapter's hash and the dtype; chats are rendered with the model's own chat template.
+    Subclasses set ``ref`` (a ``models.ModelRef``), ``tokenizer``, ``adapter_sha256`` and ``dtype``."""
+
+    ref: Any
+    tokenizer: Any
+    adapter_sha256: str | None
+    dtype: str
+
+    def key(self) -> dict[str, Any]:
+        return {**self.ref.key(), "adapter": self.adapter_sha256, "dtype": self.dtype}
+
+    def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        if not self.tokenizer.chat_template:
+            raise ModelError(
+                f"{self.ref.name or self.ref.path} has no chat template; give it raw text prompts"
+            )
+        # A chat that ends with an assistant message is continued from it rather than answered.
+        answer = prompt[-1]["role"] == "assistant"
+        return self.tokenizer.apply_chat_template(
+            prompt, tokenize=False, add_generation_prompt=not answer, continue_final_message=answer
+        )
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt; a rendered chat holds its special tokens, raw text gets the usual ones."""
+        return self.tokenizer(self.render(prompt), add_special_tokens=isinstance(prompt, str)).input_ids

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessor, StoppingCriteria, StopStringCriteria
 
-from tinyforge.generate.base import Completion, Engine, GenerationRequest, Prompt, SamplingParams, sample_key
+from tinyforge.generate.base import Completion, GenerationRequest, LocalEngine, SamplingParams, sample_key
 from tinyforge.generate.models import ModelError, ModelRef, load_model, resolve_model, sha256_path
 from tinyforge.generate.sanitize import cut_at_stop
 
@@ -42,7 +42,7 @@ __all__ = ["HFEngine", "sample_key"]
 ROW_MULTIPLE = 4  # batch-invariant batches are filled up to a multiple of this many rows, the last repeated
 
 
-class HFEngine(Engine):
+class HFEngine(LocalEngine):
     """A transformers model (any ``resolve_model`` spec), optionally with a peft LoRA adapter merged in.
 
     Defaults on a GPU / the CPU: ``dtype`` bfloat16 / float32, ``batch_size`` 256 / 8, ``pad_multiple``
@@ -82,26 +82,6 @@ class HFEngine(Engine):
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = sorted({tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
         self._ends = {*self.eos_ids, tok.pad_token_id}  # finished rows are filled with padding
-
-    def key(self) -> dict[str, Any]:
-        return {**self.ref.key(), "adapter": self.adapter_sha256, "dtype": self.dtype}
-
-    def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        if not self.tokenizer.chat_template:
-            raise ModelError(
-                f"{self.ref.name or self.ref.path} has no chat template; give it raw text prompts"
-            )
-        # A chat that ends with an assistant message is continued from it rather than answered.
-        answer = prompt[-1]["role"] == "assistant"
-        return self.tokenizer.apply_chat_template(
-            prompt, tokenize=False, add_generation_prompt=not answer, continue_final_message=answer
-        )
-
-    def encode(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt; a rendered chat holds its special tokens, raw text gets the usual ones."""
-        return self.tokenizer(self.render(prompt), add_special_tokens=isinstance(prompt, str)).input_ids
 
     def run(
         self, requests: Sequence[GenerationRequest], params: SamplingParams

@@ -54,7 +54,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tinyforge.generate.base import Completion, Engine, GenerationRequest, Prompt, SamplingParams, sample_key
+from tinyforge.generate.base import Completion, GenerationRequest, LocalEngine, SamplingParams, sample_key
 from tinyforge.generate.models import ModelError, ModelRef, hf_folder, resolve_model, sha256_path
 from tinyforge.generate.sanitize import cut_at_stop
 
@@ -83,7 +83,7 @@ def import_vllm() -> Any:
     return vllm
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(LocalEngine):
     """A model (any ``resolve_model`` spec, or a ``ModelRef``) served by ``vllm.LLM`` on the GPU(s).
 
     ``gpu_memory_utilization`` is the share of the GPU's memory vLLM takes for weights and KV cache (it must
@@ -162,26 +162,6 @@ class VLLMEngine(Engine):
         self._ids = itertools.count()  # request ids for vLLM versions without LLM.enqueue
 
     # --- the Engine interface ----------------------------------------------------------------------------
-
-    def key(self) -> dict[str, Any]:
-        return {**self.ref.key(), "adapter": self.adapter_sha256, "dtype": self.dtype}
-
-    def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        if not self.tokenizer.chat_template:
-            raise ModelError(
-                f"{self.ref.name or self.ref.path} has no chat template; give it raw text prompts"
-            )
-        # A chat that ends with an assistant message is continued from it rather than answered.
-        answer = prompt[-1]["role"] == "assistant"
-        return self.tokenizer.apply_chat_template(
-            prompt, tokenize=False, add_generation_prompt=not answer, continue_final_message=answer
-        )
-
-    def encode(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt; a rendered chat holds its special tokens, raw text gets the usual ones."""
-        return self.tokenizer(self.render(prompt), add_special_tokens=isinstance(prompt, str)).input_ids
 
     def run(
         self, requests: Sequence[GenerationRequest], params: SamplingParams
