@@ -1,0 +1,1 @@
+"""Mine: self-generated problems (``problems``); attempts and (broken, fixed) pairs come next."""
