@@ -13,6 +13,7 @@ from tinyforge.mine.problems import (
     Reason,
     Rejection,
     dedupe,
+    normalized_hash,
     parse_problem,
     problem_prompt,
     verify_problems,
@@ -80,7 +81,7 @@ def test_the_solver_never_sees_the_body() -> None:
     view = p.solver_prompt()
     assert "isqrt" not in view and "return" not in view.replace("Return", "")
     assert p.signature in view and all(t in view for t in p.tests) and "import math" in view
-    ast.parse(view)  # a stub that parses: signature + docstring, tests as plain statements
+    ast.parse(view)  # a stub that parses: tests as comments, signature + docstring
     tree = ast.parse(view)
     fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef))
     assert len(fn.body) == 1 and ast.get_docstring(fn) == p.docstring.strip()
@@ -156,7 +157,13 @@ assert count_vowels("xyz") == 0
 ```''')
     problems = [a, renamed, near, other]
     assert all(isinstance(p, Problem) for p in problems)
-    assert a.id == renamed.id and a.id != near.id
+    assert a.id != renamed.id  # ids name exact content; duplicates are found by shape
+    shape = normalized_hash
+    assert (
+        shape(a.solution, a.tests)
+        == shape(renamed.solution, renamed.tests)
+        != shape(near.solution, near.tests)
+    )
     kept, dropped = dedupe(problems)  # type: ignore[arg-type]
     assert kept == [a, other]
     assert [(p, twin) for p, twin in dropped] == [(renamed, a.id), (near, a.id)]
@@ -191,3 +198,22 @@ def test_real_model_answers_are_parsed_or_rejected_with_a_reason(pool: SandboxPo
     for p, v in zip(problems, verify_problems(problems, pool), strict=True):
         if isinstance(v, Problem):
             assert pool.run_tests(p.solution, p.test_code()).passed
+
+
+def test_asserts_in_a_test_function_are_hoisted() -> None:
+    # The most common shape small models write: the tests wrapped in a function that is then called.
+    text = GOOD.split("assert")[0] + (
+        "def check():\n"
+        "    assert hypotenuse_floor(3, 4) == 5, 'case 1'\n"
+        "    assert hypotenuse_floor(0, 0) == 0\n"
+        "    assert hypotenuse_floor(1, 1) == 1\n"
+        "    print('all passed')\n\n"
+        "check()\n```\n"
+    )
+    p = parse_problem(text)
+    assert isinstance(p, Problem), p
+    assert p.entry_point == "hypotenuse_floor" and len(p.tests) == 3
+    assert "check" not in p.solution and "print" not in p.solution
+    assert (
+        p.test_code().splitlines()[1] == "assert hypotenuse_floor(0, 0) == 0, 'hypotenuse_floor(0, 0) == 0'"
+    )

@@ -378,6 +378,29 @@ def test_lora_adapter_is_served_and_keyed(fake_vllm: types.ModuleType, smol_hf: 
 
 
 @pytest.mark.slow
+def test_adapters_swap_on_one_running_engine(
+    fake_vllm: types.ModuleType, smol_hf: Path, tmp_path: Path
+) -> None:
+    ref = ModelRef("folder", str(smol_hf), "s" * 64)
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 16, "target_modules": ["q_proj"]}))
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights")
+    with pytest.raises(ModelError, match="without LoRA support"):
+        VLLMEngine(ref).with_adapter(tmp_path)
+    engine = VLLMEngine(ref, enable_lora=True)
+    made = len(FakeLLM.made)
+    view = engine.with_adapter(tmp_path)
+    assert len(FakeLLM.made) == made and view.llm is engine.llm  # no second vLLM
+    assert (
+        view.key() == {**engine.key(), "adapter": sha256_path(tmp_path)} and engine.key()["adapter"] is None
+    )
+    assert view.generate(["x"], SamplingParams())[0][0].text == " seed=None lora=1"
+    assert engine.generate(["x"], SamplingParams())[0][0].text == " seed=None lora=0"
+    assert engine.with_adapter(tmp_path).lora.lora_int_id == 2  # a new id per request object
+    view.close()
+    assert engine.llm is not None  # closing a view leaves the engine running
+
+
+@pytest.mark.slow
 def test_older_vllm_without_enqueue(fake_vllm: types.ModuleType, smol_hf: Path) -> None:
     fake_vllm.LLM = OldFakeLLM  # type: ignore[attr-defined]
     engine = VLLMEngine(ModelRef("folder", str(smol_hf), "s" * 64))

@@ -269,6 +269,107 @@ def eval_(
 
 
 @app.command()
+def bootstrap(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="An embedded model name, a .gguf file, a transformers folder or a hub id."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run folder (rerun the same command to resume).")] = Path(
+        "runs/bootstrap"
+    ),
+    problems: Annotated[int | None, typer.Option("--problems", help="Problems to keep per round.")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of sampling, shuffles and training.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A recipe YAML file (every other setting; see configs/).")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", help="Recursive rounds.")] = None,
+    control: Annotated[
+        bool | None, typer.Option("--control/--no-control", help="Also run the corrupted-MBPP control.")
+    ] = None,
+    seeded: Annotated[
+        str | None, typer.Option("--seeded", help="Take problems from this benchmark (mbpp-train).")
+    ] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="auto, hf or vllm.")] = None,
+    stop_after: Annotated[
+        str, typer.Option("--stop-after", help="Stop after this stage: problems, solve, mine, train, eval.")
+    ] = "eval",
+    data_dir: DataDirOpt = None,
+) -> None:
+    """The self-bootstrap recipe end to end: the model writes problems, solves them k times, (broken, fixed)
+    pairs are mined at the edge, a LoRA is trained on them, and the benchmarks are scored before and after.
+    Writes RUN/result.json, RUN/report.md and every stage's records; rerun to resume."""
+    from tinyforge.data import DataError
+    from tinyforge.evaluate.score import ScoreError
+    from tinyforge.generate.models import ModelError
+    from tinyforge.recipe import RecipeError, load_config
+    from tinyforge.recipe import bootstrap as run_bootstrap
+
+    try:
+        cfg = load_config(
+            config, model=model, problems=problems, seed=seed, rounds=rounds, control=control, seeded=seeded,
+            backend=backend,
+        )  # fmt: skip
+        with progress_bars() as bars:
+            run_bootstrap(
+                cfg,
+                out,
+                data_dir=data_dir,
+                progress=bars,
+                log=lambda m: console.print(m),
+                stop_after=stop_after,
+            )
+    except (RecipeError, DataError, ScoreError, ModelError, ValueError) as e:
+        fail(str(e).strip("'\""))
+    print((out / "report.md").read_text())
+    console.print(f"wrote {out / 'result.json'}, {out / 'report.md'} and the stage records in {out}")
+
+
+pairs_app = typer.Typer(help="Mined (broken, fixed) pairs.", no_args_is_help=True)
+app.add_typer(pairs_app, name="pairs")
+
+
+@pairs_app.command("stats")
+def pairs_stats(
+    files: Annotated[list[Path], typer.Argument(help="pairs.jsonl files (or run folders).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The failure-class mix of mined pairs: how many are real repairs and how many only fix the format."""
+    from tinyforge.mine.pairs import read_pairs
+
+    pairs = []
+    try:
+        for f in files:
+            found = sorted(f.glob("**/pairs.jsonl")) if f.is_dir() else [f]
+            if not found:
+                fail(f"no pairs.jsonl under {f}")
+            for path in found:
+                pairs += read_pairs(path)
+    except ValueError as e:
+        fail(str(e))
+    from tinyforge.mine.pairs import pair_stats as stats_of
+
+    stats = stats_of(pairs)
+    if as_json:
+        print(json.dumps(stats, indent=2))
+        return
+    table = Table(title=f"{stats['pairs']} pairs from {stats['problems']} problems")
+    table.add_column("failure class")
+    table.add_column("pairs", justify="right")
+    table.add_column("share", justify="right")
+    for name, v in stats["by_class"].items():
+        table.add_row(name, str(v["n"]), f"{100 * v['share']:.1f}%")
+    Console().print(table)
+    print(
+        f"format-only (nothing to repair): {stats['format_only']} ({100 * stats['format_only_share']:.1f}%); "
+        f"sources: {stats['by_source']}"
+    )
+
+
+@app.command()
 def doctor() -> None:
     """Show which sandbox isolation layers this machine offers."""
     from tinyforge.sandbox import capabilities

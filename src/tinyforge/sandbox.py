@@ -68,7 +68,9 @@ class Limits:
     file_size_mb: int = 64  # largest file a job may write (RLIMIT_FSIZE)
     scratch_mb: int = 256  # size of the scratch tmpfs of a worker
     output_kb: int = 16  # stdout+stderr kept per job; the rest is drained and dropped
-    nice: int = 0  # CPU priority of a job (0-19): higher yields the CPU to other work, e.g. a model generating
+    nice: int = (
+        0  # CPU priority of a job (0-19): higher yields the CPU to other work, e.g. a model generating
+    )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,13 @@ from tinyforge.data.bigcodebench import load_bigcodebench_hard, missing_libs
 from tinyforge.data.code import Benchmark, CodeTask, task_number
 from tinyforge.data.files import FILES, DataError, DataFile, benchmark_file, cache_dir, data_dir, offline
 from tinyforge.data.humaneval import load_humaneval, load_humaneval_plus
-from tinyforge.data.mbpp import decode_mbpp_plus_inputs, load_mbpp, load_mbpp_plus, load_mbpp_sanitized
+from tinyforge.data.mbpp import (
+    decode_mbpp_plus_inputs,
+    load_mbpp,
+    load_mbpp_plus,
+    load_mbpp_sanitized,
+    load_mbpp_train,
+)
 
 __all__ = [
     "BENCHMARKS",
@@ -46,6 +52,8 @@ BENCHMARKS: dict[str, Benchmark] = {
                   ("mbpp.jsonl",), load_mbpp, _M, "{n}"),
         Benchmark("mbpp-sanitized", "MBPP sanitized, test split: 257 hand-checked problems (ids 11-510)",
                   ("sanitized-mbpp.json",), load_mbpp_sanitized, _M, "{n}", ("mbpp_sanitized",)),
+        Benchmark("mbpp-train", "MBPP full, train split (ids 601-974): seeded problems and the control; never for evaluation claims",
+                  ("mbpp.jsonl",), load_mbpp_train, _M, "{n}", ("mbpp_train",)),
         Benchmark("mbpp+", "MBPP+ v0.1.0: 399 sanitized MBPP problems with extra EvalPlus inputs",
                   ("MbppPlus-v0.1.0.jsonl",), load_mbpp_plus, _M, "Mbpp/{n}", ("mbppplus",)),
         Benchmark("bigcodebench-hard", "BigCodeBench-Hard: 148 library-heavy tasks with unittest suites",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Benchmark", "CodeTask", "docstring_prompt", "read_jsonl", "task_number"]
+__all__ = ["Benchmark", "CodeTask", "docstring_prompt", "numbered_jsonl", "read_jsonl", "task_number"]
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,22 @@ class Benchmark:
     aliases: tuple[str, ...] = ()
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a ``.jsonl`` or ``.jsonl.gz`` file, skipping blank lines."""
+def numbered_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` for each non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file; a line that
+    is not JSON is a one-line ``ValueError`` naming the file and line."""
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
+        for i, line in enumerate(f, 1):
             if line.strip():
-                yield json.loads(line)
+                try:
+                    yield i, json.loads(line)
+                except ValueError as e:
+                    raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a ``.jsonl`` or ``.jsonl.gz`` file, skipping blank lines."""
+    return (rec for _, rec in numbered_jsonl(path))
 
 
 def task_number(raw: str | int) -> int:

@@ -1,4 +1,5 @@
-"""MBPP (Austin et al. 2021): full and sanitized test splits, and MBPP+ (EvalPlus v0.1.0, 399 tasks)."""
+"""MBPP (Austin et al. 2021): full and sanitized test splits, the full train split (for seeded problems and
+the control, never for evaluation claims), and MBPP+ (EvalPlus v0.1.0, 399 tasks)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from tinyforge.data.code import CodeTask, called_definition, docstring_prompt, read_jsonl, task_number
 
 TEST_SPLIT = range(11, 511)  # ids 1-10 are few-shot prompts, 511-600 validation, 601-974 train
+TRAIN_SPLIT = range(601, 975)
 
 
 def _lines(s: str) -> str:
@@ -30,18 +32,28 @@ def _mbpp_task(bench: str, r: dict[str, Any], text: str, setup: str, extra: dict
     )
 
 
+def _load_full(path: Path, bench: str, split: range) -> list[CodeTask]:
+    tasks = []
+    for r in read_jsonl(path):
+        if r["task_id"] in split:
+            keep = ("text", "test_list", "test_setup_code", "challenge_test_list")
+            extra = {k: r[k] for k in keep}
+            tasks.append(_mbpp_task(bench, r, r["text"], _lines(r["test_setup_code"]), extra))
+    return tasks
+
+
 def load_mbpp(path: Path) -> list[CodeTask]:
     """Full MBPP, test split (ids 11-510); ``test`` runs ``test_setup_code`` then ``test_list``.
 
     ``challenge_test_list`` is not part of the standard metric and is only kept in ``extra``.
     """
-    tasks = []
-    for r in read_jsonl(path):
-        if r["task_id"] in TEST_SPLIT:
-            keep = ("text", "test_list", "test_setup_code", "challenge_test_list")
-            extra = {k: r[k] for k in keep}
-            tasks.append(_mbpp_task("mbpp", r, r["text"], _lines(r["test_setup_code"]), extra))
-    return tasks
+    return _load_full(path, "mbpp", TEST_SPLIT)
+
+
+def load_mbpp_train(path: Path) -> list[CodeTask]:
+    """Full MBPP, train split (ids 601-974), in the same shape as ``load_mbpp``: the problems of the seeded
+    variant and the canonical solutions the control corrupts. Never an evaluation set."""
+    return _load_full(path, "mbpp-train", TRAIN_SPLIT)
 
 
 def load_mbpp_sanitized(path: Path) -> list[CodeTask]:

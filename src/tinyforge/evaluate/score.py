@@ -33,6 +33,7 @@ from tinyforge.data import (
     missing_libs,
     normalize_task_id,
 )
+from tinyforge.data.code import numbered_jsonl
 from tinyforge.data.files import sha256_file
 from tinyforge.evaluate.compare import (
     MBPP_OUTPUT_NOT_NONE_TASKS,
@@ -104,17 +105,13 @@ def read_samples(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if not p.is_file():
         raise ScoreError(f"samples file not found: {p}")
     out = []
-    with p.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as e:
-                raise ScoreError(f"{p}:{i}: not valid JSON ({e})") from None
+    try:
+        for i, rec in numbered_jsonl(p):
             if not isinstance(rec, dict) or "task_id" not in rec:
                 raise ScoreError(f"{p}:{i}: a sample needs a 'task_id'")
             out.append(rec)
+    except ValueError as e:
+        raise ScoreError(str(e)) from None
     return out
 
 

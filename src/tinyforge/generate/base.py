@@ -24,6 +24,7 @@ __all__ = [
     "LocalEngine",
     "Prompt",
     "SamplingParams",
+    "free_memory",
     "sample_key",
 ]
 
@@ -144,3 +145,17 @@ class LocalEngine(Engine):
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt; a rendered chat holds its special tokens, raw text gets the usual ones."""
         return self.tokenizer(self.render(prompt), add_special_tokens=isinstance(prompt, str)).input_ids
+
+
+def free_memory() -> None:
+    """Collect garbage and hand cached GPU memory back, so that the next model (an engine, a training run)
+    finds it free."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -257,6 +257,10 @@ def load_model(ref: ModelRef, dtype: str = "float32", device: str = "cpu") -> tu
             dequantize["quantization_config"] = GgufConfig(dequantize=True)
         except ImportError:  # older transformers always dequantize
             pass
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # per-tensor "de-quantizing" bars would drown our own progress
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
@@ -264,6 +268,9 @@ def load_model(ref: ModelRef, dtype: str = "float32", device: str = "cpu") -> tu
         )
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load {ref.name or ref.path}: {' '.join(str(e).split())[:300]}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if ref.gguf_file:
         model.hf_quantizer = None
         model.is_quantized = False

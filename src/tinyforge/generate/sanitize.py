@@ -70,6 +70,7 @@ __all__ = [
     "Mode",
     "code_blocks",
     "cut_at_stop",
+    "is_stub",
     "longest_parsable_prefix",
     "sanitize",
     "stop_strings",
@@ -326,7 +327,8 @@ def _target_names(t: ast.expr, binds: set[str], mutates: set[str]) -> None:
             mutates.add(root.id)
 
 
-def _is_stub(node: ast.stmt) -> bool:
+def is_stub(node: ast.stmt) -> bool:
+    """Whether `node` is a function whose body does nothing: pass, `...`, docstrings, raise NotImplementedError."""
     if not isinstance(node, _DEF):
         return False
     for s in node.body:
@@ -348,7 +350,7 @@ def _make_stmt(node: ast.stmt, src: str, order: tuple[int, int], from_prompt: bo
     s = _Stmt(node, src, order, from_prompt)
     if isinstance(node, _DEF):
         s.binds.add(node.name)
-        s.stub = _is_stub(node)
+        s.stub = is_stub(node)
     elif isinstance(node, ast.Import):
         s.binds.update((a.asname or a.name.split(".")[0]) for a in node.names)
     elif isinstance(node, ast.ImportFrom):

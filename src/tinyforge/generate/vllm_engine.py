@@ -46,7 +46,6 @@ too: Qwen's padding token is ``<|endoftext|>``, which ends a document, while its
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 import os
@@ -54,7 +53,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tinyforge.generate.base import Completion, GenerationRequest, LocalEngine, SamplingParams, sample_key
+from tinyforge.generate.base import (
+    Completion,
+    GenerationRequest,
+    LocalEngine,
+    SamplingParams,
+    free_memory,
+    sample_key,
+)
 from tinyforge.generate.models import ModelError, ModelRef, hf_folder, resolve_model, sha256_path
 from tinyforge.generate.sanitize import cut_at_stop
 
@@ -103,6 +109,7 @@ class VLLMEngine(LocalEngine):
         max_lora_rank: int = 32,
         tensor_parallel_size: int = 1,
         seed: int = 0,
+        enable_lora: bool = False,
         **llm_kwargs: Any,
     ) -> None:
         self.llm: Any = None
@@ -147,12 +154,14 @@ class VLLMEngine(LocalEngine):
         }
         if revision is not None:
             kwargs.update(revision=revision, tokenizer_revision=revision)
-        if adapter_path is not None:
-            from vllm.lora.request import LoRARequest
-
+        self.max_lora_rank = max_lora_rank
+        self._lora_ids = itertools.count(1)
+        self._owner = True
+        self.lora_enabled = adapter_path is not None or enable_lora
+        if self.lora_enabled:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
-            assert self.adapter_sha256 is not None
-            self.lora = LoRARequest(f"adapter-{self.adapter_sha256[:16]}", 1, str(adapter_path))
+        if adapter_path is not None:
+            self.lora = self._lora_request(adapter_path)
         kwargs.update(llm_kwargs)
         # vLLM forks its engine process by default, and a forked child cannot use CUDA once this process
         # touched it (converting a GGUF or checking for a GPU may): start it fresh instead.
@@ -160,6 +169,36 @@ class VLLMEngine(LocalEngine):
         self.llm = vllm.LLM(**kwargs)
         self._running = False
         self._ids = itertools.count()  # request ids for vLLM versions without LLM.enqueue
+
+    def _lora_request(self, path: Path) -> Any:
+        from vllm.lora.request import LoRARequest
+
+        sha = sha256_path(path)
+        return LoRARequest(f"adapter-{sha[:16]}", next(self._lora_ids), str(path))
+
+    def with_adapter(self, adapter: str | Path | None) -> VLLMEngine:
+        """The same running model with another LoRA adapter (None: none), without starting vLLM again: the
+        engine must have been made with ``enable_lora=True`` (or an adapter). The view shares this engine's
+        vLLM, so use one of them at a time; closing the view does nothing, closing this engine ends both."""
+        import copy
+
+        view = copy.copy(self)
+        view._owner = False
+        if adapter is None:
+            view.lora, view.adapter_sha256 = None, None
+            return view
+        path = Path(adapter).resolve()
+        config = path / "adapter_config.json"
+        if not config.is_file():
+            raise ModelError(f"{adapter} is not a peft adapter folder (no adapter_config.json)")
+        if not self.lora_enabled:
+            raise ModelError("this VLLMEngine was started without LoRA support: pass enable_lora=True")
+        rank = json.loads(config.read_text()).get("r")
+        if isinstance(rank, int) and rank > self.max_lora_rank:
+            raise ModelError(f"{adapter} has LoRA rank {rank}; start the engine with max_lora_rank >= {rank}")
+        view.adapter_sha256 = sha256_path(path)
+        view.lora = self._lora_request(path)
+        return view
 
     # --- the Engine interface ----------------------------------------------------------------------------
 
@@ -285,22 +324,18 @@ class VLLMEngine(LocalEngine):
     # --- lifetime ----------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Shut vLLM down and give its GPU memory back (the engine cannot be used afterwards)."""
+        """Shut vLLM down and give its GPU memory back (the engine cannot be used afterwards). A view made by
+        ``with_adapter`` only forgets its engine."""
         llm, self.llm = self.llm, None
+        if not getattr(self, "_owner", True):
+            return
         if llm is None:
             return
         core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
         del llm
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        free_memory()
 
     def __enter__(self) -> VLLMEngine:
         return self

@@ -25,12 +25,14 @@ import ast
 import difflib
 import hashlib
 import io
+import json
 import textwrap
 import tokenize
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from tinyforge.data.code import CodeTask
 from tinyforge.generate.sanitize import code_blocks, longest_parsable_prefix
 from tinyforge.sandbox import SandboxPool, TestJob
 
@@ -53,7 +55,8 @@ Reason = Literal[
 REQUEST = (
     "Write one new, self-contained Python programming problem: a single function with a clear docstring "
     "that says what it must return, a correct implementation, and at least three `assert` tests that call "
-    "the function with concrete arguments and check its exact result. Use only the standard library. "
+    "the function with concrete arguments and check its exact result; write the asserts at the top level of "
+    "the module, after the function. Use only the standard library. "
     "Answer with one Python code block and nothing else."
 )
 
@@ -83,20 +86,44 @@ class Problem:
 
     @property
     def id(self) -> str:
-        """A content hash (normalised AST of solution and tests): equal for problems that differ only in
-        names, strings and numbers."""
-        return normalized_hash(self.solution, self.tests)
+        """A hash of the problem's exact content (signature, docstring, solution, tests). ``dedupe`` compares
+        shapes instead (``normalized_hash``: names, strings and numbers normalised away)."""
+        text = json.dumps([self.signature, self.docstring, self.solution, list(self.tests)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def solver_prompt(self) -> str:
-        """What a solver is shown: imports, signature, docstring and tests; never the body."""
+        """What a solver is shown: the tests (as comments), imports, signature and docstring; never the body.
+
+        It ends with the docstring, so a base model continues it with the body (the raw format), and it is
+        the code block of the chat format (``as_task`` + ``generate.prompts.code_prompt``)."""
         text = self.docstring.strip().replace('"""', r"\"\"\"")
         doc = textwrap.indent(f'"""{text}\n"""', "    ") + "\n"
-        tests = "\n".join(self.tests)
-        head = f"{self.imports}\n\n" if self.imports else ""
-        return f"{head}{self.signature}\n{doc}\n\n# Tests it must pass:\n{tests}\n"
+        tests = "".join(f"# {t}\n" for t in self.tests)
+        head = f"{self.imports}\n\n\n" if self.imports else ""
+        return f"# Tests it must pass:\n{tests}\n{head}{self.signature}\n{doc}"
 
     def test_code(self) -> str:
-        return "\n".join(self.tests) + "\n"
+        """The tests as a script; each assert carries its own source as message, so a failure says which."""
+        return "".join(_labelled(t) + "\n" for t in self.tests)
+
+    def as_task(self) -> CodeTask:
+        """The problem as a benchmark task (``bench`` "generated"), so the benchmark prompt formats and the
+        completion handling apply to it unchanged: ``prompt`` is the solver's view, ``test`` the tests."""
+        return CodeTask(
+            task_id=self.id,
+            bench="generated",
+            prompt=self.solver_prompt(),
+            entry_point=self.entry_point,
+            canonical_solution=self.solution,
+            test=self.test_code(),
+        )
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Problem:
+        if rec.get("v") != SCHEMA_VERSION:
+            raise ValueError(f"problem record schema {rec.get('v')!r}, this tinyforge reads {SCHEMA_VERSION}")
+        fields = {k: rec[k] for k in ("entry_point", "signature", "docstring", "solution", "imports", "meta")}
+        return cls(tests=tuple(rec["tests"]), **fields)
 
     def record(self) -> dict[str, Any]:
         return {"v": SCHEMA_VERSION, "id": self.id, **asdict(self), "tests": list(self.tests)}
@@ -148,8 +175,16 @@ def parse_problem(text: str, min_tests: int = 3, meta: dict[str, Any] | None = N
         tree = ast.parse(code)
     except SyntaxError as e:  # longest_parsable_prefix gives parsable code; this is only a safety net
         return Rejection("malformed", f"syntax error: {e.msg}")
-    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and ast.get_docstring(n)]
+    # Tests written as a function of asserts (``def check(): assert f(1) == 2 ...``) count as top-level
+    # asserts: the function and the calls to it are dropped from the program, its asserts hoisted.
+    wrappers = {n.name: n for n in tree.body if _is_test_wrapper(n)}
+    defs = [
+        n
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef) and ast.get_docstring(n) and n.name not in wrappers
+    ]
     asserts = [n for n in tree.body if isinstance(n, ast.Assert)]
+    asserts += [s for w in wrappers.values() for s in w.body if isinstance(s, ast.Assert)]
     if not defs:
         return Rejection("malformed", "no top-level function with a docstring")
     if not asserts:
@@ -165,7 +200,11 @@ def parse_problem(text: str, min_tests: int = 3, meta: dict[str, Any] | None = N
     first = min([fn.lineno, *(d.lineno for d in fn.decorator_list)])
     body_start = fn.body[0].lineno  # the docstring
     signature = "\n".join(lines[first - 1 : body_start - 1]).rstrip()
-    program = [n for n in tree.body if not isinstance(n, ast.Assert) and not _is_main_guard(n)]
+    program = [
+        n
+        for n in tree.body
+        if not isinstance(n, ast.Assert) and not _is_main_guard(n) and not _is_wrapper_or_call(n, wrappers)
+    ]
     imports = [n for n in program if isinstance(n, (ast.Import, ast.ImportFrom))]
     return Problem(
         entry_point=fn.name,
@@ -176,6 +215,29 @@ def parse_problem(text: str, min_tests: int = 3, meta: dict[str, Any] | None = N
         imports="\n".join(ast.unparse(n) for n in imports),
         meta=dict(meta or {}),
     )
+
+
+def _labelled(test: str) -> str:
+    node = ast.parse(test).body[0]
+    if isinstance(node, ast.Assert) and node.msg is None:
+        node.msg = ast.Constant(ast.unparse(node.test))
+    return ast.unparse(node)
+
+
+def _is_test_wrapper(node: ast.stmt) -> bool:
+    """A function of no arguments whose body holds asserts: the model's way of writing a test suite."""
+    if not isinstance(node, ast.FunctionDef) or node.args.args or node.args.vararg or node.args.kwarg:
+        return False
+    return any(isinstance(s, ast.Assert) for s in node.body)
+
+
+def _is_wrapper_or_call(node: ast.stmt, wrappers: dict[str, ast.FunctionDef]) -> bool:
+    if isinstance(node, ast.FunctionDef):
+        return node.name in wrappers
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        f = node.value.func
+        return isinstance(f, ast.Name) and f.id in wrappers
+    return False
 
 
 def _is_main_guard(node: ast.stmt) -> bool:
@@ -225,8 +287,29 @@ def _tokens(src: str) -> list[str]:
     return [
         t.string
         for t in toks
-        if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+        if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT)
     ]
+
+
+def code_tokens(code: str, normalize: bool = True) -> list[str]:
+    """The tokens of ``code`` (comments and layout left out), with names, strings and numbers normalised
+    away when ``normalize``. Code that does not parse gives its raw tokens, or its words when it does not
+    even tokenize."""
+    try:
+        return _tokens(ast.unparse(_Normalize().visit(ast.parse(code))) if normalize else code)
+    except (SyntaxError, ValueError, tokenize.TokenError, IndentationError):
+        try:
+            return _tokens(code)
+        except (tokenize.TokenError, IndentationError, SyntaxError):
+            return code.split()
+
+
+def similar(a: Sequence[str], b: Sequence[str], near: float) -> bool:
+    """Whether two token sequences are near duplicates: difflib similarity ratio at or above ``near``."""
+    m = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return (
+        m.real_quick_ratio() >= near and m.quick_ratio() >= near and m.ratio() >= near
+    )  # cheap bounds first
 
 
 def dedupe(problems: Sequence[Problem], near: float = 0.9) -> tuple[list[Problem], list[tuple[Problem, str]]]:
@@ -238,19 +321,16 @@ def dedupe(problems: Sequence[Problem], near: float = 0.9) -> tuple[list[Problem
     seen: dict[str, str] = {}
     dropped: list[tuple[Problem, str]] = []
     for p in problems:
-        if p.id in seen:
-            dropped.append((p, seen[p.id]))
+        shape = normalized_hash(p.solution, p.tests)
+        if shape in seen:
+            dropped.append((p, seen[shape]))
             continue
-        toks = _tokens(_normalized(p.solution, p.tests) + "\n" + p.docstring)
-        twin = next(
-            (k for k, kt in zip(kept, kept_tokens, strict=True)
-             if difflib.SequenceMatcher(None, toks, kt, autojunk=False).ratio() >= near),
-            None,
-        )  # fmt: skip
+        toks = _tokens(_normalized(p.solution, p.tests)) + p.docstring.split()  # prose: words, not tokens
+        twin = next((k for k, kt in zip(kept, kept_tokens, strict=True) if similar(toks, kt, near)), None)
         if twin is not None:
             dropped.append((p, twin.id))
             continue
-        seen[p.id] = p.id
+        seen[shape] = p.id
         kept.append(p)
         kept_tokens.append(toks)
     return kept, dropped

@@ -1,0 +1,383 @@
+"""LoRA fine-tuning on (prompt, completion) pairs, the loss on the completion only.
+
+``train_lora(model, examples, out_dir, config)`` reads top to bottom like nanoGPT's ``train.py``: load the
+model and its tokenizer, encode the examples, plan the optimizer steps, wrap the model with peft, then one
+loop of forward, masked loss, backward, clip, AdamW step. It writes ``out_dir/adapter`` (peft's standard
+format, no ``modules_to_save``: ``HFEngine(model, adapter=...)`` and vLLM's ``LoRARequest`` load it) and
+``out_dir/train.json`` (settings, example counts, losses per step, tokens, time, model key, versions). The
+base model is loaded with ``models.load_model`` (bfloat16 on CUDA, float32 on the CPU, unless ``dtype``);
+the LoRA weights stay float32 (peft's default).
+
+Why not TRL's ``SFTTrainer``: TRL is not installed on our GPU machine, and the loop is about a hundred lines
+in which the masking and the loss are in plain sight; resuming exactly is ours to get right either way.
+
+Encoding. The prompt becomes exactly the ids the engines feed the model at inference (``LocalEngine.encode``:
+a chat through the chat template with the assistant turn opened, raw text with the tokenizer's usual special
+tokens). The completion is tokenized on its own and its ids appended, then the token the model stops on:
+for a chat the template's end of turn (``<|im_end|>`` for Qwen and SmolLM2, ``<end_of_turn>`` for Gemma),
+for raw text the tokenizer's end of sequence. Prompt and completion are tokenized separately because
+tokenizing the joined string can merge characters across the boundary into one token, which would put
+part of the prompt into the loss or part of the answer into the mask, and make the training prompt differ
+from the one the model sees at inference. Labels are -100 over the prompt (and over padding), the ids
+elsewhere. An example longer than ``max_len`` is dropped and counted (truncating either side would teach
+an answer to a prompt it was not written for, or an answer cut off before its end of turn).
+
+The loss is the mean cross-entropy per target token over the whole accumulation window: each micro-batch's
+summed token losses are divided by the window's target-token count, so a long completion weighs as much
+per token as a short one whatever micro-batch it falls in. The learning rate warms up linearly over
+``warmup_ratio`` of the steps and is constant after. Steps do not cross epochs: an epoch's last step may
+accumulate fewer micro-batches. Data order: one ``torch.Generator`` seeded with ``seed`` draws one
+permutation per epoch, up front.
+
+Resuming. Every ``save_every`` optimizer steps the state is written to ``out_dir/checkpoint/step-NNNNNNNN``
+(the trainable weights, AdamW and scheduler state, the step, its epoch, torch's RNG states for LoRA
+dropout, the losses so far; plus a peft ``adapter`` folder for evaluating mid-run). A checkpoint is written
+under a hidden temporary name and renamed into place, so a ``step-*`` folder that is there is complete; the
+newest one is loaded and older ones are removed once it is in place. Running ``train_lora`` again with the
+same arguments continues from it and ends with the same adapter as an uninterrupted run (bit-identical on
+the CPU in float32, and it was on an H200 in bfloat16 too). A checkpoint or a finished run whose
+fingerprint (settings other than ``save_every``, model, dtype, examples) differs is an error rather than
+silently discarded or mixed: delete it, or train into another folder. A finished run (``train.json`` with
+the same fingerprint, written after the adapter) is returned at once; the checkpoints are removed when it
+is written. The model's memory is freed before returning, for the stage that loads an engine next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from tinyforge.generate.base import LocalEngine, Prompt, free_memory
+from tinyforge.generate.models import ModelRef, load_model, resolve_model
+
+__all__ = ["Example", "LoraConfig", "collate", "encode_example", "end_ids", "train_lora"]
+
+log = logging.getLogger(__name__)
+
+# peft warns on every save that a GGUF-loaded model's folder has no config file (the vocabulary is not
+# changed, so it does not apply), and about a transformers attribute renamed in v6: noise in every run.
+warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+
+Example = tuple[Prompt, str]  # (prompt, completion)
+Progress = Callable[[str, int], Callable[[int], None]]
+IGNORE = -100  # the label cross_entropy skips: prompt tokens and padding
+
+
+class LoraConfig(BaseModel):
+    """LoRA training settings; the defaults are the paper's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha; the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch's input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="Linear layers that get a LoRA (by module name suffix).",
+    )
+    epochs: int = Field(2, ge=1, description="Passes over the examples.")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (constant after the warm-up).")
+    batch_size: int = Field(1, ge=1, description="Examples per micro-batch (right-padded).")
+    grad_accum: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
+    max_len: int = Field(
+        2048, ge=2, description="Longest example in tokens; longer ones are dropped, not cut."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(
+        0.0, ge=0, le=1, description="Share of the steps over which lr rises linearly."
+    )
+    seed: int = Field(0, description="Seeds the LoRA initialisation, dropout and the data order.")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="Base model dtype (default: bfloat16 on CUDA, float32 on the CPU)."
+    )
+    save_every: int = Field(10, ge=1, description="Optimizer steps between resumable checkpoints.")
+
+
+# --- examples ------------------------------------------------------------------------------------------
+
+
+class _Prompter(LocalEngine):
+    """The engines' own ``render`` and ``encode`` over a bare tokenizer (it never generates)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ref = SimpleNamespace(name=getattr(tokenizer, "name_or_path", ""), path="this model")
+
+    def run(self, requests: Any, params: Any) -> Any:
+        raise NotImplementedError
+
+
+def end_ids(tokenizer: Any, chat: bool) -> list[int]:
+    """The ids that end a completion: for a chat, what the template writes after an assistant message, up to
+    and including its first special token (its end of turn); else, or if none, the end of sequence."""
+    if chat and tokenizer.chat_template:
+        mark = "tinyforge-completion-end"
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": mark}], tokenize=False
+        )
+        after = text[text.rindex(mark) + len(mark) :] if mark in text else ""
+        ids = tokenizer(after, add_special_tokens=False).input_ids
+        special = {
+            *tokenizer.all_special_ids,
+            *(i for i, t in tokenizer.added_tokens_decoder.items() if t.special),
+        }
+        for k, t in enumerate(ids):
+            if t in special:
+                return ids[: k + 1]
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no end-of-sequence token to end completions with")
+    return [tokenizer.eos_token_id]
+
+
+def encode_example(
+    tokenizer: Any, prompt: Prompt, completion: str, max_len: int
+) -> dict[str, list[int]] | None:
+    """``input_ids`` (the prompt as the engines encode it, the completion, its end token) and ``labels``
+    (-100 over the prompt); None if longer than ``max_len``."""
+    prompt_ids = _Prompter(tokenizer).encode(prompt)
+    target = tokenizer(completion, add_special_tokens=False).input_ids + end_ids(
+        tokenizer, not isinstance(prompt, str)
+    )
+    if len(prompt_ids) + len(target) > max_len:
+        return None
+    return {"input_ids": prompt_ids + target, "labels": [IGNORE] * len(prompt_ids) + target}
+
+
+def collate(batch: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: ``input_ids`` with ``pad_id``, ``labels`` with -100, ``attention_mask`` 0."""
+    width = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, b in enumerate(batch):
+        n = len(b["input_ids"])
+        ids[row, :n] = torch.tensor(b["input_ids"])
+        labels[row, :n] = torch.tensor(b["labels"])
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+
+def train_lora(
+    model: str | os.PathLike[str] | ModelRef,
+    examples: Iterable[Example],
+    out_dir: str | os.PathLike[str],
+    config: LoraConfig | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train a LoRA on ``examples`` into ``out_dir/adapter``; returns what ``out_dir/train.json`` holds."""
+    import peft
+    import transformers
+
+    config = config or LoraConfig()
+    pairs = [(p, c) for p, c in examples]
+    if not pairs:
+        raise ValueError("no examples to train on")
+    out = Path(out_dir)
+    ref = model if isinstance(model, ModelRef) else resolve_model(model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = config.dtype or ("bfloat16" if device == "cuda" else "float32")
+    fingerprint = _fingerprint(config, ref, dtype, pairs)
+    if (out / "train.json").is_file():
+        done = json.loads((out / "train.json").read_text(encoding="utf-8"))
+        if done.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"{out} holds a finished run with other settings or examples; train into another folder"
+            )
+        if (out / "adapter" / "adapter_config.json").is_file():
+            return done
+    ckpt = _latest_checkpoint(out)
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True) if ckpt else None
+    if state is not None and state["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{ckpt} is from a run with other settings or examples; delete it or train elsewhere"
+        )
+
+    # Load the model first: the tokenizer comes with it.
+    base, tokenizer = load_model(ref, dtype, device)
+    encoded = [encode_example(tokenizer, p, c, config.max_len) for p, c in pairs]
+    data = [e for e in encoded if e is not None]
+    if not data:
+        raise ValueError(f"all {len(pairs)} examples are longer than max_len={config.max_len} tokens")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+
+    # The plan: every optimizer step is a list of micro-batches (lists of example indices), all epochs ahead.
+    gen = torch.Generator().manual_seed(config.seed)
+    plan: list[tuple[int, list[list[int]]]] = []  # (epoch, micro-batches)
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(data), generator=gen).tolist()
+        micro = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        plan += [(epoch, micro[i : i + config.grad_accum]) for i in range(0, len(micro), config.grad_accum)]
+    warmup = math.ceil(config.warmup_ratio * len(plan))
+
+    torch.manual_seed(config.seed)  # the LoRA initialisation (replaced by a checkpoint's weights)
+    lora = peft.LoraConfig(
+        task_type="CAUSAL_LM",
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=config.target_modules,
+        bias="none",
+    )
+    net = peft.get_peft_model(base, lora)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    run = {"step": 0, "losses": [], "tokens": 0, "target_tokens": 0, "seconds": 0.0}
+    if state is not None:
+        named = dict(net.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state["trainable"].items():
+                named[name].copy_(tensor)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if device == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        run = state["run"]
+        log.info("resuming %s from step %d of %d", out, run["step"], len(plan))
+    resumed_from = run["step"]
+
+    out.mkdir(parents=True, exist_ok=True)
+    advance = progress("train", len(plan)) if progress else None
+    if advance and resumed_from:
+        advance(resumed_from)
+    net.train()
+    start = time.monotonic()
+    for step in range(resumed_from, len(plan)):
+        epoch, micro = plan[step]
+        batches = [collate([data[i] for i in m], pad_id) for m in micro]
+        # Targets: the label of position t is the token at t + 1; prompt and padding are IGNORE.
+        n_target = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        step_loss = 0.0
+        for b in batches:
+            b = {k: v.to(device) for k, v in b.items()}
+            logits = net(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(),
+                b["labels"][:, 1:].flatten(),
+                ignore_index=IGNORE,
+                reduction="sum",
+            ) / max(n_target, 1)  # the mean over the window's target tokens, once all are summed
+            loss.backward()
+            step_loss += loss.item()
+            run["tokens"] += int(b["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        run["step"] = step + 1
+        run["losses"].append(step_loss)
+        run["target_tokens"] += n_target
+        if advance:
+            advance(1)
+        if run["step"] % config.save_every == 0 and run["step"] < len(plan):
+            run_now = {**run, "seconds": run["seconds"] + time.monotonic() - start}
+            _save_checkpoint(out, net, opt, sched, fingerprint, epoch, run_now, device)
+            log.info("step %d/%d loss %.4f: checkpoint saved", run["step"], len(plan), step_loss)
+    run["seconds"] += time.monotonic() - start
+
+    tmp = out / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.save_pretrained(tmp)
+    shutil.rmtree(out / "adapter", ignore_errors=True)  # left by a run that died before writing train.json
+    os.rename(tmp, out / "adapter")
+    del net, base, params, opt, sched
+    free_memory()  # for the next stage (an engine) on the same GPU
+    result = {
+        "fingerprint": fingerprint,
+        "config": config.model_dump(),
+        "model": {**ref.key(), "name": ref.name},
+        "dtype": dtype,
+        "device": device,
+        "examples": len(pairs),
+        "used": len(data),
+        "skipped_too_long": len(pairs) - len(data),
+        "epochs": config.epochs,
+        "steps": len(plan),
+        "resumed_from_step": resumed_from,
+        "losses": run["losses"],
+        "final_loss": run["losses"][-1],
+        "tokens": run["tokens"],
+        "target_tokens": run["target_tokens"],
+        "wall_seconds": round(run["seconds"], 3),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
+    }
+    _write_json(out / "train.json", result)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    return result
+
+
+# --- fingerprint and checkpoints ------------------------------------------------------------------------
+
+
+def _fingerprint(config: LoraConfig, ref: ModelRef, dtype: str, examples: list[Example]) -> str:
+    """What decides the adapter: the settings (but ``save_every``), the model's content, dtype, examples."""
+    what = {"config": config.model_dump(exclude={"save_every"}), "model": ref.key(), "dtype": dtype}
+    h = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
+    for p, c in examples:
+        h.update(json.dumps([p, c]).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    steps = sorted((out / "checkpoint").glob("step-*"))
+    return steps[-1] if steps else None
+
+
+def _save_checkpoint(
+    out: Path, net: Any, opt: Any, sched: Any, fingerprint: str, epoch: int, run: dict[str, Any], device: str
+) -> None:
+    """Write ``out/checkpoint/step-NNNNNNNN`` under a temporary name and rename it; drop older ones."""
+    root = out / "checkpoint"
+    final = root / f"step-{run['step']:08d}"
+    tmp = root / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rng = {
+        "cpu": torch.get_rng_state(),
+        **({"cuda": torch.cuda.get_rng_state_all()} if device == "cuda" else {}),
+    }
+    state = {
+        "fingerprint": fingerprint,
+        "epoch": epoch,
+        "trainable": {n: p.detach().cpu() for n, p in net.named_parameters() if p.requires_grad},
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": rng,
+        "run": run,
+    }
+    torch.save(state, tmp / "state.pt")
+    net.save_pretrained(tmp / "adapter")
+    os.rename(tmp, final)
+    for old in root.glob("step-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
