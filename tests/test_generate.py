@@ -45,6 +45,9 @@ class Counting(Engine):
     def key(self) -> dict[str, Any]:
         return self.inner.key()
 
+    def plan(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[list[int]]:
+        return self.inner.plan(requests, params)
+
     def run(
         self, requests: Sequence[GenerationRequest], params: SamplingParams
     ) -> Iterator[tuple[int, Completion]]:
@@ -58,6 +61,14 @@ class Counting(Engine):
 class Echo(Engine):
     """A model-free engine: the completion names the prompt, the sample and the temperature."""
 
+    generation = 0  # with ``pairs``, completions also name how many times ``run`` was called
+    pairs = False
+
+    def plan(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[list[int]]:
+        if not self.pairs:
+            return super().plan(requests, params)
+        return [list(range(i, min(i + 2, len(requests)))) for i in range(0, len(requests), 2)]
+
     def render(self, prompt: Prompt) -> str:
         return prompt if isinstance(prompt, str) else json.dumps(prompt)
 
@@ -67,8 +78,10 @@ class Echo(Engine):
     def run(
         self, requests: Sequence[GenerationRequest], params: SamplingParams
     ) -> Iterator[tuple[int, Completion]]:
+        self.generation += 1
+        tag = f"/{self.generation}" if self.pairs else ""
         for i, r in reversed(list(enumerate(requests))):  # any order is allowed
-            yield i, Completion(f"{self.render(r.prompt)}#{r.index}@{params.temperature}", 1, 1, "stop")
+            yield i, Completion(f"{self.render(r.prompt)}#{r.index}@{params.temperature}{tag}", 1, 1, "stop")
 
 
 # --- the interface ------------------------------------------------------------------------------------
@@ -282,6 +295,23 @@ def test_cached_engine_sends_only_missing_samples(tmp_path: Path) -> None:
     assert inner.asked == 8
 
 
+def test_cached_engine_regenerates_whole_groups(tmp_path: Path) -> None:
+    """An engine whose samples depend on their batch (pairs of requests here) is asked again for every
+    whole pair that lacks a sample; a sample already cached keeps its cached text."""
+    params = SamplingParams(temperature=1.0)
+    echo = Echo()
+    echo.pairs = True
+    inner = Counting(echo)
+    engine = CachedEngine(inner, GenerationCache(tmp_path))
+    reqs = [GenerationRequest(p, 0) for p in "abcd"]
+    early = dict(engine.run(reqs[2:3], params))[0]  # "c" alone, in generation 1
+    out = dict(engine.run(reqs, params))
+    assert inner.asked == 1 + 4  # pairs (a, b) and (c, d): c again, so that d's batch is as planned
+    assert out[2] == early and early.text.endswith("/1")
+    assert all(out[i].text.endswith("/2") for i in (0, 1, 3))
+    assert dict(engine.run(reqs, params)) == out and inner.asked == 5
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_from_the_cache(engine: HFEngine, humaneval: list[str], tmp_path: Path) -> None:
     """Generate, die after the first batch, resume in a new engine: same outputs, nothing generated twice."""
@@ -303,3 +333,26 @@ def test_killed_run_resumes_from_the_cache(engine: HFEngine, humaneval: list[str
     assert CachedEngine(rerun, GenerationCache(tmp_path)).generate(prompts, params) == reference
     assert rerun.asked == 0
     assert len(GenerationCache(tmp_path)) == 2 * len(prompts)
+
+
+@pytest.mark.slow
+def test_resume_forms_the_batches_of_an_uninterrupted_run(humaneval: list[str], tmp_path: Path) -> None:
+    """In bfloat16 a sample may depend on its batch. Killed one sample into its second batch, a resumed run
+    generates that batch again whole and ends with the text of a run that was never interrupted."""
+    engine = HFEngine("smollm2-135m-instruct", device="cpu", dtype="bfloat16", batch_size=4)
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=24, seed=3)
+    prompts = humaneval[:6]
+    reference = CachedEngine(engine, GenerationCache(tmp_path / "ref")).generate(prompts, params)
+    requests = [GenerationRequest(p, i) for p in prompts for i in range(2)]
+    batches = engine.plan(requests, params)
+    first = len(batches[0])
+    with pytest.raises(KeyboardInterrupt):
+        CachedEngine(Counting(engine, die_after=first + 1), GenerationCache(tmp_path / "run")).generate(
+            prompts, params
+        )
+    resumed = Counting(engine)
+    assert CachedEngine(resumed, GenerationCache(tmp_path / "run")).generate(prompts, params) == reference
+    assert resumed.asked == len(requests) - first  # the second batch whole, with its one cached sample
+    order = [j for b in batches[1:] for j in sorted(b)]  # whole batches, asked again: planned as they were
+    again = engine.plan([requests[j] for j in order], params)
+    assert [sorted(order[t] for t in g) for g in again] == [sorted(b) for b in batches[1:]]

@@ -109,6 +109,15 @@ class Engine(ABC):
     ) -> Iterator[tuple[int, Completion]]:
         """Yield ``(position in requests, completion)`` for every request, in any order, as each is done."""
 
+    def plan(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[list[int]]:
+        """The groups (positions in ``requests``) that ``run`` generates together, where a sample's text may
+        depend on which samples share its group (its batch). ``run`` on the requests of some whole groups
+        must form those same groups again. The default, one group per request, claims no such dependence.
+
+        The generation cache uses it so that a resumed run regenerates whole groups, as they were formed in
+        a run that was never interrupted, and gets the same text where the engine is deterministic."""
+        return [[i] for i in range(len(requests))]
+
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         """``params.n`` completions for each prompt, in order."""
         requests = [GenerationRequest(p, i) for p in prompts for i in range(params.n)]

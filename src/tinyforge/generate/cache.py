@@ -87,21 +87,32 @@ class CachedEngine(Engine):
     def run(
         self, requests: Sequence[GenerationRequest], params: SamplingParams
     ) -> Iterator[tuple[int, Completion]]:
+        """Cached samples first, then the rest from the engine. The engine gets every group of its
+        ``plan`` that lacks a sample, whole: a resumed run forms the batches an uninterrupted run formed,
+        so a deterministic engine gives it the same text. Samples regenerated that way keep their cached
+        text."""
         engine_key = self.engine.key()
-        missing: dict[str, list[int]] = {}  # key -> positions in requests that want it
-        todo: list[GenerationRequest] = []
+        wanted: dict[str, list[int]] = {}  # key -> positions in requests that want it
+        unique: list[GenerationRequest] = []
         for i, r in enumerate(requests):
             key = cache_key(engine_key, self.render(r.prompt), not isinstance(r.prompt, str), params, r.index)
             if (hit := self.cache.get(key)) is not None:
                 self.hits += 1
                 yield i, hit
-            elif key in missing:
-                missing[key].append(i)
-            else:
-                missing[key] = [i]
-                todo.append(r)
-        keys = list(missing)
-        for j, completion in self.engine.run(todo, params):
+            if key not in wanted:
+                wanted[key] = []
+                unique.append(r)
+            wanted[key].append(i)
+        keys = list(wanted)
+        missing = [self.cache.get(k) is None for k in keys]
+        if not any(missing):
+            return
+        groups = [g for g in self.engine.plan(unique, params) if any(missing[j] for j in g)]
+        todo = sorted(j for g in groups for j in g)
+        for t, completion in self.engine.run([unique[j] for j in todo], params):
+            j = todo[t]
+            if not missing[j]:
+                continue  # generated again only to keep its batch as it was
             self.cache.put(keys[j], completion)
             self.misses += 1
-            yield from ((i, completion) for i in missing[keys[j]])
+            yield from ((i, completion) for i in wanted[keys[j]])

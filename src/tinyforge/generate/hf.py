@@ -10,7 +10,8 @@ row of an fp32 matrix product differently when it is multiplied in a block of fe
 batch holds prompts of one such width only, and batches are filled up to a multiple of 4 rows. The price
 is smaller batches when prompt lengths vary. On a GPU batches mix widths (its kernels are not
 batch-invariant anyway), and with ``compile`` (the default there) the forward pass is compiled over a
-static key/value cache.
+static key/value cache. In bfloat16 a prompt's output may depend on its batch even on the CPU; ``plan``
+tells the generation cache which batches to form again so that a resumed run gets the same text.
 
 Stop strings are matched on the generated tokens only (``GeneratedOnly``), so a stop string that would
 straddle the prompt and the completion, such as "\n```" after a chat prompt, does not end it at once.
@@ -86,25 +87,45 @@ class HFEngine(LocalEngine):
     def run(
         self, requests: Sequence[GenerationRequest], params: SamplingParams
     ) -> Iterator[tuple[int, Completion]]:
+        rows = self._rows(requests, params)
+        for batch in self.plan(requests, params, rows):
+            outs = self._generate([rows[i][0] for i in batch], [rows[i][1] for i in batch], params)
+            yield from zip(batch, outs, strict=True)
+
+    def plan(
+        self,
+        requests: Sequence[GenerationRequest],
+        params: SamplingParams,
+        rows: list[tuple[list[int], int]] | None = None,
+    ) -> list[list[int]]:
+        """The batches: prompts sorted by length (stable; the longest first) and cut into runs of at most
+        ``batch_size``, and with ``batch_invariant`` of one padded width. Taking whole batches out of the
+        sorted order leaves the others as they were, so planning the requests of some batches again forms
+        the same batches."""
+        rows = rows if rows is not None else self._rows(requests, params)
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+        batches: list[list[int]] = []
+        for i in order:
+            b = batches[-1] if batches else None
+            same_width = b and self.width(rows[b[0]][0]) == self.width(rows[i][0])
+            if b and len(b) < self.batch_size and (same_width or not self.batch_invariant):
+                b.append(i)
+            else:
+                batches.append([i])
+        return batches
+
+    def _rows(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams
+    ) -> list[tuple[list[int], int]]:
+        """``(token ids, sample key)`` of each request."""
         encoded: dict[str, list[int]] = {}
-        rows = []  # (position in requests, token ids, sample key)
-        for i, r in enumerate(requests):
+        rows = []
+        for r in requests:
             text = self.render(r.prompt)
             if text not in encoded:
                 encoded[text] = self.encode(r.prompt)
-            rows.append((i, encoded[text], sample_key(params.seed, text, r.index)))
-        rows.sort(key=lambda row: -len(row[1]))  # similar lengths together; the longest batch first
-        batches: list[list[tuple[int, list[int], int]]] = []
-        for row in rows:
-            b = batches[-1] if batches else None
-            same_width = b and self.width(b[0][1]) == self.width(row[1])
-            if b and len(b) < self.batch_size and (same_width or not self.batch_invariant):
-                b.append(row)
-            else:
-                batches.append([row])
-        for b in batches:
-            outs = self._generate([ids for _, ids, _ in b], [key for _, _, key in b], params)
-            yield from ((i, out) for (i, _, _), out in zip(b, outs, strict=True))
+            rows.append((encoded[text], sample_key(params.seed, text, r.index)))
+        return rows
 
     def width(self, prompt: list[int]) -> int:
         """The padded length of a prompt: its own length rounded up to a multiple of ``pad_multiple``."""

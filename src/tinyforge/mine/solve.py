@@ -156,14 +156,17 @@ def solve(
 ) -> Iterator[Attempt]:
     """``params.n`` attempts at each problem, each verified in the sandbox while the engine keeps writing.
     Yields attempts as their verdicts arrive (any order). ``done``: ``(problem id, index)`` pairs to skip
-    (attempts a resumed run already has)."""
+    (attempts a resumed run already has). They are still asked of the engine, which with a generation
+    cache serves them from it: the engine then batches the rest as in a run that was never interrupted."""
     params = params if params.stop else SamplingParams(**{**asdict(params), "stop": tuple(stops(fmt))})
     skip = set(done)
-    work = [(p, i) for p in problems for i in range(params.n) if (p.id, i) not in skip]
+    work = [(p, i) for p in problems for i in range(params.n)]
     requests = [GenerationRequest(solve_prompt(p, fmt), i) for p, i in work]
     pending: list[Future[Attempt]] = []
     for pos, c in engine.run(requests, params):
         p, i = work[pos]
+        if (p.id, i) in skip:
+            continue
         program = to_program(p.as_task(), fmt, c.text)
         fut = pool.submit(TestJob(program, p.test_code(), timeout))
         pending.append(_then(fut, lambda v, p=p, i=i, c=c, prog=program: make_attempt(p, fmt, i, c, v, prog)))
