@@ -169,3 +169,27 @@ def test_folder_hash_follows_content(tmp_path: Path) -> None:
     assert resolve_model(tmp_path).sha256 == first.sha256
     (tmp_path / "model.safetensors").write_bytes(b"Weights")
     assert resolve_model(tmp_path).sha256 != first.sha256
+
+
+def test_a_gguf_tokenizer_that_drops_its_bos_token_is_refused(smol_file: Path, tmp_path: Path) -> None:
+    """SmolLM2's GGUF does not ask for <bos>, so its tokenizer (which has one and does not add it) passes;
+    a GGUF that asks for it (the flag Gemma 3's file carries) makes the same tokenizer a one-line error,
+    as transformers < 5.23's conversion of Gemma 3's tokenizer is."""
+    pytest.importorskip("transformers")
+    gguf = pytest.importorskip("gguf")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smol_file.parent, gguf_file=smol_file.name)
+    assert tok.bos_token_id is not None and tok("def f():").input_ids[0] != tok.bos_token_id
+    models.check_gguf_tokenizer(tok, smol_file, SMOL)  # the real file: no <bos> asked for
+
+    wants_bos = tmp_path / "wants-bos.gguf"
+    writer = gguf.GGUFWriter(str(wants_bos), "llama")
+    writer.add_bool("tokenizer.ggml.add_bos_token", True)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelError, match=r"without its <\|im_start\|> token.*transformers>=5\.23") as e:
+        models.check_gguf_tokenizer(tok, wants_bos, "m")
+    assert "\n" not in str(e.value)

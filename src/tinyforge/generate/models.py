@@ -272,11 +272,37 @@ def load_model(ref: ModelRef, dtype: str = "float32", device: str = "cpu") -> tu
         if bars:
             hf_logging.enable_progress_bar()
     if ref.gguf_file:
+        check_gguf_tokenizer(tokenizer, Path(ref.path) / ref.gguf_file, ref.name or ref.gguf_file)
         model.hf_quantizer = None
         model.is_quantized = False
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     return model.to(device).eval(), tokenizer
+
+
+def check_gguf_tokenizer(tokenizer: Any, gguf_path: str | os.PathLike[str], name: str) -> None:
+    """A ``ModelError`` if ``tokenizer`` (converted by transformers from the GGUF file) does not start texts
+    with the ``<bos>`` token that the file says to add (``tokenizer.ggml.add_bos_token``).
+
+    transformers before 5.23 dropped it from Gemma 3's GGUF tokenizer (and before 5.19 also split words
+    into the wrong pieces): gemma-3-270m then writes " 1.0" lines or blanks, in transformers and in vLLM
+    alike (vLLM gets the tokens from this tokenizer). The file is read only when the tokenizer has a
+    ``<bos>`` token it does not add."""
+    bos = tokenizer.bos_token_id
+    if bos is None or tokenizer("def f():").input_ids[:1] == [bos]:
+        return
+    try:
+        from gguf import GGUFReader
+    except ImportError:  # transformers cannot read GGUF files without it: it is there in practice
+        return
+    field = GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.add_bos_token")
+    if field is not None and field.contents() is True:
+        import transformers
+
+        raise ModelError(
+            f"transformers {transformers.__version__} converts {name}'s GGUF tokenizer without its "
+            f"{tokenizer.bos_token} token, and the model needs it: pip install -U 'transformers>=5.23'"
+        )
 
 
 def hf_folder(ref: ModelRef, dtype: str = "bfloat16") -> Path | str:
