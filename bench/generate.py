@@ -403,7 +403,7 @@ def run_part_here(name: str, config: Path, result: Path) -> int:
 
 def run_part(name: str, cfg: dict[str, Any], workdir: Path, timeout: float) -> dict[str, Any]:
     """The parent's side: one part in a fresh Python process; its output goes to a log file."""
-    config, result, log = (
+    config, result, log_path = (
         workdir / f"{name}.config.json",
         workdir / f"{name}.result.json",
         workdir / f"{name}.log",
@@ -420,9 +420,9 @@ def run_part(name: str, cfg: dict[str, Any], workdir: Path, timeout: float) -> d
         str(result),
     ]
     env = {**VLLM_ENV, **os.environ, "PYTHONUNBUFFERED": "1"}
-    log(f"part {name} (log: {log})")
+    log(f"part {name} (log: {log_path})")
     start = time.perf_counter()
-    with open(log, "w") as f:
+    with open(log_path, "w") as f:
         try:
             code: int | str = subprocess.run(
                 cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout
@@ -433,10 +433,10 @@ def run_part(name: str, cfg: dict[str, Any], workdir: Path, timeout: float) -> d
     if result.is_file():
         out = json.loads(result.read_text())
     if code != 0:
-        tail = log.read_text(errors="replace").splitlines()[-15:]
-        out["errors"].append(f"part {name} exited with {code}; last lines of {log}:\n" + "\n".join(tail))
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        out["errors"].append(f"part {name} exited with {code}; last lines of {log_path}:\n" + "\n".join(tail))
     out["part_s"] = round(time.perf_counter() - start, 1)
-    out["log"] = str(log)
+    out["log"] = str(log_path)
     return out
 
 
