@@ -474,6 +474,10 @@ class Zygote:
                 time.sleep(0.001)
 
     def run(self, job: dict) -> dict:
+        for name in job.get("preload", ()):
+            if name not in sys.modules:
+                with contextlib.suppress(Exception):  # the job's own import then reports what is wrong
+                    importlib.import_module(name)
         if os.path.exists(self.jobdir):
             _wipe(self.jobdir)
             _wipe(self.jobdir)

@@ -43,6 +43,46 @@ DataDirOpt = Annotated[
     ),
 ]
 
+# Options shared by the commands that generate (eval, tts).
+BenchOpt = Annotated[str, typer.Option("--bench", help="Benchmark name (see `tinyforge benchmarks`).")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="An embedded model (smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct, ...), a local "
+        "folder or .gguf file, a hub id; with --base-url, the server's model name.",
+    ),
+]
+AdapterOpt = Annotated[Path | None, typer.Option("--adapter", help="A peft LoRA adapter folder.")]
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="Prompt format: code: raw (continue the code), chat, chat+prefix; math: raw (few-shot), chat "
+        "(answer in \\boxed{}); auto: chat if the model has a chat template.",
+    ),
+]
+TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Per completion.")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="Only the first K tasks.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Sampling seed (sample i of a prompt is fixed).")]
+BackendOpt = Annotated[
+    str, typer.Option("--backend", help="auto, hf (transformers), vllm, openai (a server).")
+]
+BaseUrlOpt = Annotated[
+    str | None, typer.Option("--base-url", help="An OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
+]
+DtypeOpt = Annotated[
+    str | None, typer.Option("--dtype", help="float32 or bfloat16 (default: bf16 on GPU, fp32 on CPU).")
+]
+BatchSizeOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="hf: rows per batch; openai: requests in flight.")
+]
+CacheDirOpt = Annotated[
+    Path | None, typer.Option("--cache-dir", help="Generation cache (default: the user cache).")
+]
+WorkersOpt = Annotated[int | None, typer.Option(help="Sandbox workers (default: one per core).")]
+
 
 def fail(msg: str) -> None:
     """A one-line error for the user, exit code 2."""
@@ -152,8 +192,9 @@ def selfcheck(
     data_dir: DataDirOpt = None,
     workers: Annotated[int | None, typer.Option(help="Sandbox workers (default: one per core).")] = None,
 ) -> None:
-    """Score the benchmark's own canonical solutions: a harness that works gives 100%."""
-    from tinyforge.data import DataError, load_benchmark
+    """Score the benchmark's own canonical solutions (math: its worked solutions, or the answer in
+    \\boxed{} where it has none): a harness that works gives 100%."""
+    from tinyforge.data import DataError, MathTask, load_benchmark
 
     try:
         tasks = load_benchmark(bench, data_dir)
@@ -163,7 +204,16 @@ def selfcheck(
     samples = out / "canonical.jsonl"
     with samples.open("w") as f:
         for t in tasks:
-            f.write(json.dumps({"task_id": t.task_id, "solution": t.canonical_solution}) + "\n")
+            if isinstance(t, MathTask):
+                text = (
+                    t.solution
+                    if "\\boxed" in t.solution
+                    else f"{t.solution}\nThe answer is $\\boxed{{{t.answers[0]}}}$."
+                )
+                rec = {"task_id": t.task_id, "completion": text.strip()}
+            else:
+                rec = {"task_id": t.task_id, "solution": t.canonical_solution}
+            f.write(json.dumps(rec) + "\n")
     score(bench=bench, samples=samples, out=out, data_dir=data_dir, workers=workers)
     failed = [json.loads(line) for line in (out / "samples.jsonl").open()]
     failed = [r for r in failed if not r["passed"]]
@@ -173,55 +223,30 @@ def selfcheck(
 
 @app.command("eval")
 def eval_(
-    bench: Annotated[str, typer.Option("--bench", help="Benchmark name (see `tinyforge benchmarks`).")],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            help="An embedded model (smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct, ...), a local "
-            "folder or .gguf file, a hub id; with --base-url, the server's model name.",
-        ),
-    ],
+    bench: BenchOpt,
+    model: ModelOpt,
     out: Annotated[Path, typer.Option("--out", help="Output folder: result.json and samples.jsonl.")],
-    adapter: Annotated[Path | None, typer.Option("--adapter", help="A peft LoRA adapter folder.")] = None,
-    fmt: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            help="Prompt format: raw (continue the code), chat, chat+prefix; auto: chat if the model has "
-            "a chat template.",
-        ),
-    ] = "auto",
+    adapter: AdapterOpt = None,
+    fmt: FormatOpt = "auto",
     n: Annotated[int, typer.Option("--n", help="Samples per task.")] = 1,
     temperature: Annotated[float, typer.Option(help="0 is greedy decoding.")] = 0.0,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Per completion.")] = 768,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first K tasks.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (sample i of a prompt is fixed).")] = 0,
-    backend: Annotated[
-        str, typer.Option("--backend", help="auto, hf (transformers), vllm, openai (a server).")
-    ] = "auto",
-    base_url: Annotated[
-        str | None,
-        typer.Option("--base-url", help="An OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="float32 or bfloat16 (default: bf16 on GPU, fp32 on CPU).")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="hf: rows per batch; openai: requests in flight.")
-    ] = None,
-    cache_dir: Annotated[
-        Path | None, typer.Option("--cache-dir", help="Generation cache (default: the user cache).")
-    ] = None,
+    top_p: TopPOpt = 1.0,
+    max_new_tokens: MaxNewTokensOpt = 768,
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    backend: BackendOpt = "auto",
+    base_url: BaseUrlOpt = None,
+    dtype: DtypeOpt = None,
+    batch_size: BatchSizeOpt = None,
+    cache_dir: CacheDirOpt = None,
     data_dir: DataDirOpt = None,
-    workers: Annotated[int | None, typer.Option(help="Sandbox workers (default: one per core).")] = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Generate with a model and score: greedy pass@1, or with --n and --temperature unbiased pass@k and
     oracle best-of-n. Writes DIR/result.json and DIR/samples.jsonl (evalplus format); resumes from the
     generation cache."""
     from tinyforge.data import DataError, get_benchmark
-    from tinyforge.evaluate.run import evaluate
+    from tinyforge.evaluate.run import check_format, evaluate
     from tinyforge.evaluate.score import ScoreError
     from tinyforge.generate.base import SamplingParams
     from tinyforge.generate.engines import make_engine
@@ -229,6 +254,7 @@ def eval_(
 
     try:
         name = get_benchmark(bench).name
+        check_format(fmt, get_benchmark(bench).kind)
         params = SamplingParams(
             n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
         )
@@ -265,7 +291,70 @@ def eval_(
     if "best_of_n" in summary:
         b = summary["best_of_n"]
         print(f"oracle best-of-{b['n']}: {b['solved']}/{summary['n_tasks']} ({100 * b['rate']:.1f}%)")
+    if "self_consistency" in summary:
+        sc = summary["self_consistency"]
+        print(f"self-consistency (majority of {sc['n']}): {100 * sc['accuracy']:.1f}%")
     console.print(f"wrote {out / 'result.json'} and {out / 'samples.jsonl'}")
+
+
+@app.command()
+def tts(
+    bench: BenchOpt,
+    model: ModelOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output folder: tts.json, tts.md, tts.png, the evals.")],
+    n: Annotated[
+        str, typer.Option("--n", help="Sample counts to report, e.g. 1,2,4,8,16,32,64.")
+    ] = "1,2,4,8",
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (above 0).")] = 0.8,
+    adapter: AdapterOpt = None,
+    fmt: FormatOpt = "auto",
+    top_p: TopPOpt = 1.0,
+    max_new_tokens: MaxNewTokensOpt = 768,
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    backend: BackendOpt = "auto",
+    base_url: BaseUrlOpt = None,
+    dtype: DtypeOpt = None,
+    batch_size: BatchSizeOpt = None,
+    cache_dir: CacheDirOpt = None,
+    data_dir: DataDirOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Test-time sampling sweep: draws max(N) samples per task once (plus a greedy run) and reports oracle
+    pass@N (unbiased) and, on math benchmarks, self-consistency SC@N and the recovery ratio for every N, as
+    a table (DIR/tts.md, DIR/tts.json) and a plot (DIR/tts.png)."""
+    from tinyforge.data import DataError, get_benchmark
+    from tinyforge.evaluate.run import check_format
+    from tinyforge.evaluate.score import ScoreError
+    from tinyforge.evaluate.tts import check_sweep, format_table, sweep
+    from tinyforge.generate.engines import make_engine
+    from tinyforge.generate.models import ModelError
+
+    try:
+        ns = [int(x) for x in n.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--n takes sample counts separated by commas, e.g. 1,2,4,8 (got {n!r})")
+    try:
+        b = get_benchmark(bench)
+        check_format(fmt, b.kind)
+        check_sweep(ns, temperature)
+        if limit is not None and limit < 1:
+            fail("--limit must be at least 1")
+        engine = make_engine(
+            model, backend, adapter=adapter, base_url=base_url, dtype=dtype, batch_size=batch_size
+        )
+        with progress_bars() as bars:
+            result = sweep(
+                b.name, engine, ns, out_dir=out, fmt=fmt, temperature=temperature, top_p=top_p,
+                max_new_tokens=max_new_tokens, seed=seed, limit=limit, cache_dir=cache_dir, data_dir=data_dir,
+                workers=workers, progress=bars, label=model,
+                meta={"command": " ".join(["tinyforge", *sys.argv[1:]])},
+            )  # fmt: skip
+    except (DataError, ScoreError, ModelError, ValueError, KeyError) as e:
+        fail(str(e).strip("'\""))
+    print(f"{result['bench']}, {result['tasks']} tasks, format {result['format']}, T={temperature}")
+    print(format_table(result["rows"]))
+    console.print(f"wrote {out / 'tts.md'}, {out / 'tts.json'}, {out / 'tts.png'} and the evals in {out}")
 
 
 @app.command()

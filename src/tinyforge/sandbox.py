@@ -128,6 +128,9 @@ class IOJob:
     not_none: bool = False  # return `out is not None` instead of out (EvalPlus' regex-match tasks)
     digest_over: int = 0  # outputs whose JSON is longer come back as a `Digest` (0: always whole) ...
     full: Sequence[int] = ()  # ... except at these input indices (and float outputs, always whole)
+    # Trusted modules (named by tinyforge, never by model text) the zygote imports once before it forks,
+    # so that every job of a worker starts with them loaded: e.g. the math grader's sympy stack.
+    preload: Sequence[str] = ()
 
     def payload(self) -> dict:
         return {
@@ -140,6 +143,7 @@ class IOJob:
             "not_none": self.not_none,
             "digest_over": self.digest_over,
             "full": list(self.full),
+            "preload": list(self.preload),
         }
 
 
@@ -728,6 +732,21 @@ def _io_result(res: dict) -> IOResult:
         outputs.append(val)
         times.append(float(rec.get("t", 0.0)) if isinstance(rec.get("t"), (int, float)) else 0.0)
     return IOResult(status, detail, statuses, outputs, times, details, res.get("duration", 0.0))
+
+
+def then(future: Future[Any], fn: Callable[[Any], Any]) -> Future[Any]:
+    """A future of ``fn(future.result())``, set when ``future`` is done (in the thread that finishes it); an
+    exception from either ends up where the new future is awaited."""
+    out: Future[Any] = Future()
+
+    def done(f: Future[Any]) -> None:
+        try:
+            out.set_result(fn(f.result()))
+        except BaseException as e:  # the pool closed, or a bug: surface it where the result is awaited
+            out.set_exception(e)
+
+    future.add_done_callback(done)
+    return out
 
 
 _default: SandboxPool | None = None

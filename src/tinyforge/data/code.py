@@ -40,15 +40,17 @@ class CodeTask:
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A registered benchmark: ``load`` turns the verified ``files`` (paths, in order) into tasks."""
+    """A registered benchmark: ``load`` turns the verified ``files`` (paths, in order) into tasks
+    (``CodeTask`` for ``kind == "code"``, ``MathTask`` for ``kind == "math"``)."""
 
     name: str
     description: str
     files: tuple[str, ...]
     load: Callable[..., list[CodeTask]]
     id_prefix: str  # accepted in task ids, e.g. "HumanEval" in "HumanEval/0" or "HumanEval_0"
-    id_format: str  # how ids are written, e.g. "HumanEval/{n}" or "{n}"
+    id_format: str  # how ids are written, e.g. "HumanEval/{n}" or "{n}"; "" = the file's own string ids
     aliases: tuple[str, ...] = ()
+    kind: str = "code"  # "code": CodeTask records scored by running tests; "math": MathTask, graded answers
 
 
 def numbered_jsonl(path: Path) -> Iterator[tuple[int, Any]]:

@@ -1,4 +1,4 @@
-"""``tinyforge eval``: generate completions for a code benchmark and score them, overlapping the two.
+"""``tinyforge eval``: generate completions for a benchmark (code or math) and score them, overlapping the two.
 
 Each completion goes to the sandbox the moment the engine yields it (``Scorer.submit``), so verification
 runs on the CPU while the model keeps writing, and the run ends shortly after the last completion.
@@ -6,9 +6,10 @@ Completions pass through the generation cache first: a killed run, run again, re
 was already written, and a rerun with the same seed is served from the cache alone (verdicts are
 recomputed; they are cheap and depend on the harness, not the model).
 
-Samples are written in evalplus' format (``task_id`` + ``solution``, the whole program) plus what the
+Code samples are written in evalplus' format (``task_id`` + ``solution``, the whole program) plus what the
 model wrote (``output``), its sample ``index`` and finish reason, so that ``tinyforge score`` and
-evalplus can score the file again.
+evalplus can score the file again. Math samples carry the model's whole answer as ``completion`` (what
+``tinyforge score`` grades) and the extracted ``answer``.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from typing import Any
 from tinyforge.data import cache_dir as data_cache_dir
 from tinyforge.data import get_benchmark, load_benchmark
 from tinyforge.evaluate.metrics import wilson_interval
-from tinyforge.evaluate.score import SampleResult, ScoreError, Scorer, write_results
+from tinyforge.evaluate.score import SampleResult, ScoreError, make_scorer, write_results
 from tinyforge.generate.base import Engine, GenerationRequest, SamplingParams
 from tinyforge.generate.cache import CachedEngine, GenerationCache
-from tinyforge.generate.prompts import FORMATS, code_prompt, stops, to_program
+from tinyforge.generate.prompts import FORMATS, MATH_FORMATS, math_shots, task_prompt, task_stops, to_program
 from tinyforge.sandbox import Limits, SandboxPool
 
-__all__ = ["default_cache_dir", "evaluate", "resolve_format"]
+__all__ = ["check_format", "default_cache_dir", "eval_pool", "evaluate", "resolve_format"]
 
 Progress = Callable[[str, int], Callable[[int], None]]
 
@@ -41,14 +42,29 @@ def default_cache_dir() -> Path:
     return data_cache_dir() / "generations"
 
 
-def resolve_format(fmt: str, engine: Engine) -> str:
+def eval_pool(workers: int | None = None) -> SandboxPool:
+    """The sandbox pool of an eval. Verdicts do not depend on CPU priority (time limits are seconds of wall
+    clock, far above what a solution needs), so jobs run niced: the CPU side of generation (scheduling,
+    detokenizing) goes first."""
+    return SandboxPool(workers, Limits(nice=10))
+
+
+def check_format(fmt: str, kind: str = "code") -> str:
+    """``fmt`` if it is ``auto`` or a prompt format of benchmarks of ``kind`` (code, math); else a ScoreError."""
+    known = MATH_FORMATS if kind == "math" else FORMATS
+    if fmt != "auto" and fmt not in known:
+        raise ScoreError(
+            f"unknown prompt format {fmt!r} for a {kind} benchmark; known: auto, {', '.join(known)}"
+        )
+    return fmt
+
+
+def resolve_format(fmt: str, engine: Engine, kind: str = "code") -> str:
     """``auto`` is ``chat`` for a model with a chat template (or a server, which applies its own), else
-    ``raw``; other names are checked and returned."""
-    if fmt == "auto":
+    ``raw``; other names are checked against the formats of the benchmark ``kind`` and returned."""
+    if check_format(fmt, kind) == "auto":
         tokenizer = getattr(engine, "tokenizer", None)
         return "raw" if tokenizer is not None and not tokenizer.chat_template else "chat"
-    if fmt not in FORMATS:
-        raise ScoreError(f"unknown prompt format {fmt!r}; known: auto, {', '.join(FORMATS)}")
     return fmt
 
 
@@ -76,29 +92,29 @@ def evaluate(
     command line)."""
     t0 = time.perf_counter()
     params = params or SamplingParams()
-    fmt = resolve_format(fmt, engine)
+    b = get_benchmark(bench)
+    name = b.name
+    fmt = resolve_format(fmt, engine, b.kind)
     if params.greedy and params.n > 1:
         raise ScoreError(
             "greedy decoding (temperature 0) gives n identical samples: set a temperature for n > 1"
         )
-    if not params.stop:
-        params = replace(params, stop=tuple(stops(fmt)))
-    name = get_benchmark(bench).name
     tasks = load_benchmark(name, data_dir)
+    if not params.stop:
+        params = replace(params, stop=tuple(task_stops(tasks[0], fmt)))
+    shots = math_shots(name, data_dir) if b.kind == "math" and fmt == "raw" else ()
     if limit is not None:
         if limit < 1:
             raise ScoreError("--limit must be at least 1")
         tasks = tasks[:limit]
     own_pool = pool is None
-    # Verdicts do not depend on CPU priority (time limits are seconds of wall clock, far above what a
-    # solution needs), so jobs run niced: the CPU side of generation (scheduling, detokenizing) goes first.
-    pool = pool or SandboxPool(workers, Limits(nice=10))
+    pool = pool or eval_pool(workers)
     cache = GenerationCache(cache_dir or default_cache_dir())
     cached = CachedEngine(engine, cache)
     try:
-        scorer = Scorer(name, pool, tasks=tasks, data_dir=data_dir, progress=progress)
+        scorer = make_scorer(name, pool, tasks=tasks, data_dir=data_dir, progress=progress)
         todo = [t for t in tasks if t.task_id not in scorer.skipped]
-        requests = [GenerationRequest(code_prompt(t, fmt), i) for t in todo for i in range(params.n)]
+        requests = [GenerationRequest(task_prompt(t, fmt, shots), i) for t in todo for i in range(params.n)]
         samples: list[dict[str, Any]] = [{} for _ in requests]
         futures: list[Future[SampleResult] | None] = [None] * len(requests)
         generated = progress("generate", len(requests)) if progress else None
@@ -108,11 +124,15 @@ def evaluate(
         t_gen = time.perf_counter()
         for pos, c in cached.run(requests, params):
             task = todo[pos // params.n]
+            answer = (
+                {"completion": c.text}
+                if b.kind == "math"
+                else {"solution": to_program(task, fmt, c.text), "output": c.text}
+            )
             samples[pos] = {
                 "task_id": task.task_id,
                 "index": pos % params.n,
-                "solution": to_program(task, fmt, c.text),
-                "output": c.text,
+                **answer,
                 "finish_reason": c.finish_reason,
                 "completion_tokens": c.completion_tokens,
             }
@@ -155,6 +175,17 @@ def evaluate(
     )
     if params.n > 1:  # oracle best-of-n: a task counts if any of its samples passes (the first one that does)
         summary["best_of_n"] = {"n": params.n, "solved": solved, "rate": solved / n_tasks if n_tasks else 0.0}
+    if params.n > 1 and b.kind == "math":  # majority vote over all n samples of each task (no verifier)
+        from tinyforge.evaluate.tts import sc_accuracy
+
+        votes = [
+            [(r.key, r.passed) for r in results[i : i + params.n]] for i in range(0, len(results), params.n)
+        ]
+        summary["self_consistency"] = {
+            "n": params.n,
+            "accuracy": sc_accuracy(votes, params.n) if votes else 0.0,
+            "tie_rule": "most frequent answer; ties go to the answer of the earliest sample",
+        }
     if params.n == 1 and n_tasks:  # one sample per task: pass@1 is a proportion of tasks
         summary["wilson95_pass@1"] = list(wilson_interval(solved, n_tasks))
     if meta:

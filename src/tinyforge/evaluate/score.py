@@ -7,11 +7,15 @@
   limit per input derived from the canonical's run time; outputs are compared here, in the trusted
   parent, with the dataset's `atol`. The sample never sees the expected outputs.
 * BigCodeBench-Hard: the task's unittest suite; tasks whose libraries are not installed are skipped.
+* GSM8K, MATH-500, AIME: the final answer is extracted from the sample's ``completion`` (the model's whole
+  answer) and compared with the accepted answers by math-verify, in the sandbox (``mathgrade``); the
+  extracted answer and its vote key are written with each sample.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import json
 import logging
 import os
@@ -26,6 +30,7 @@ from typing import Any
 from tinyforge import __version__, plaindata
 from tinyforge.data import (
     CodeTask,
+    MathTask,
     benchmark_file,
     cache_dir,
     get_benchmark,
@@ -43,8 +48,9 @@ from tinyforge.evaluate.compare import (
     task_timeout,
     time_limits,
 )
+from tinyforge.evaluate.mathgrade import Grade, MathGrader
 from tinyforge.evaluate.metrics import pass_at_k_table
-from tinyforge.sandbox import Digest, IOJob, IOResult, SandboxPool, TestJob, Verdict, capabilities
+from tinyforge.sandbox import Digest, IOJob, IOResult, SandboxPool, TestJob, Verdict, capabilities, then
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,9 @@ class SampleResult:
     status: str
     detail: str = ""
     base_passed: bool | None = None  # plus benchmarks: the base inputs alone
+    graded: bool = False  # math: an answer was looked for (the two fields below are written, maybe None)
+    answer: str | None = None  # math: the extracted final answer (None: none found)
+    key: str | None = None  # math: its normalised form, for majority votes
 
     def record(self) -> dict[str, Any]:
         rec: dict[str, Any] = {"task_id": self.task_id, "passed": self.passed, "status": self.status}
@@ -72,6 +81,8 @@ class SampleResult:
             rec["detail"] = self.detail
         if self.base_passed is not None:
             rec["base_passed"] = self.base_passed
+        if self.graded:
+            rec["answer"], rec["answer_key"] = self.answer, self.key
         return rec
 
 
@@ -348,24 +359,68 @@ class Scorer:
         if self.expected is not None and task.task_id not in self.expected:
             self.expected.update(expected_outputs(self.name, [task], self.pool))
         (job,) = check_jobs(self.name, [(task, program)], self.expected)
-        out: Future[SampleResult] = Future()
 
-        def judge(f: Future[Verdict | IOResult]) -> None:
-            try:
-                r = f.result()
-                if isinstance(r, IOResult):
-                    assert self.expected is not None
-                    out.set_result(_judge_plus(self.name, task, self.expected[task.task_id], r))
-                else:
-                    out.set_result(SampleResult(task.task_id, r.passed, r.status, r.detail))
-            except BaseException as e:  # the pool closed, or a bug: surface it where the result is awaited
-                out.set_exception(e)
+        def result(r: Verdict | IOResult) -> SampleResult:
+            if isinstance(r, IOResult):
+                assert self.expected is not None
+                return _judge_plus(self.name, task, self.expected[task.task_id], r)
+            return SampleResult(task.task_id, r.passed, r.status, r.detail)
 
-        self.pool.submit(job).add_done_callback(judge)
-        return out
+        return then(self.pool.submit(job), result)
 
     def summary(self, results: list[SampleResult]) -> dict[str, Any]:
         return summarize(self.name, self.tasks, results, self.skipped, self.expected)
+
+
+class MathScorer(Scorer):
+    """``Scorer`` for math benchmarks: grades each sample's ``completion`` (the model's whole answer text)
+    against the task's accepted answers. Status ``passed`` for a correct answer, ``failed`` for a wrong one,
+    ``no_answer`` when no final answer could be extracted, ``timeout``/``error`` from the grader."""
+
+    def __init__(
+        self,
+        bench: str,
+        pool: SandboxPool,
+        *,
+        tasks: Sequence[MathTask] | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        super().__init__(bench, pool, tasks=tasks, data_dir=data_dir)  # type: ignore[arg-type]
+        self.grader = MathGrader(pool, timeout)
+
+    def submit(self, sample: dict[str, Any]) -> Future[SampleResult]:
+        task = self.task_of(sample)
+        assert isinstance(task, MathTask)
+        text = sample.get("completion")
+        if not isinstance(text, str):
+            raise ScoreError(
+                f"sample for {task.task_id} has no 'completion' string (the model's answer text)"
+            )
+
+        def result(g: Grade) -> SampleResult:
+            status = {"correct": "passed", "wrong": "failed"}.get(g.status, g.status)
+            return SampleResult(
+                task.task_id, g.correct, status, g.detail, graded=True, answer=g.answer, key=g.key
+            )
+
+        return then(self.grader.submit(task.answers, text), result)
+
+
+def make_scorer(
+    bench: str,
+    pool: SandboxPool,
+    *,
+    tasks: Sequence[Any] | None = None,
+    need: Iterable[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+) -> Scorer | MathScorer:
+    """The scorer for ``bench``: ``MathScorer`` for math benchmarks, ``Scorer`` for code ones."""
+    b = get_benchmark(bench)
+    if b.kind == "math":
+        return MathScorer(b.name, pool, tasks=tasks, data_dir=data_dir)
+    return Scorer(b.name, pool, tasks=tasks, need=need, data_dir=data_dir, progress=progress)
 
 
 def _done(result: SampleResult) -> Future[SampleResult]:
@@ -394,7 +449,7 @@ def score(
         all_tasks = tasks if tasks is not None else load_benchmark(name, data_dir)
         by_id = {t.task_id: t for t in all_tasks}
         need = {task_of(name, by_id, s).task_id for s in samples}  # every id checked before work starts
-        scorer = Scorer(name, pool, tasks=all_tasks, need=need, data_dir=data_dir, progress=progress)
+        scorer = make_scorer(name, pool, tasks=all_tasks, need=need, data_dir=data_dir, progress=progress)
         futures = [scorer.submit(s) for s in samples]
         tick = progress("samples", len(futures)) if progress else None
         results = []
@@ -410,7 +465,7 @@ def score(
 
 def summarize(
     bench: str,
-    tasks: dict[str, CodeTask],
+    tasks: dict[str, Any],
     results: list[SampleResult],
     skipped: dict[str, list[str]],
     expected: dict[str, Expected] | None,
@@ -460,15 +515,20 @@ def summarize(
             tid: libs for tid, libs in sorted(skipped.items(), key=lambda kv: _id_key(kv[0]))
         }
     caps = capabilities()
+    math = get_benchmark(bench).kind == "math"
     out["harness"] = {
         "semantics": "evalplus differential testing (base + plus inputs)"
         if bench in PLUS_BENCHES
+        else "final answer graded by math-verify in the sandbox"
+        if math
         else "benchmark test code in the sandbox",
         "test_timeout_s": TEST_TIMEOUT.get(bench),
         "time_limit": "max(1.0, 4.0 x canonical time) per input" if bench in PLUS_BENCHES else None,
         "isolation": {"bubblewrap": caps.bwrap, "cgroups": sorted(caps.cgroup_root)},
         "python": sys.version.split()[0],
     }
+    if math:
+        out["harness"]["math_verify"] = importlib.metadata.version("math-verify")
     out["tinyforge_version"] = __version__
     out["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return out

@@ -12,6 +12,8 @@ caches of model outputs are keyed by; ``load_model`` loads one with transformers
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -262,10 +265,11 @@ def load_model(ref: ModelRef, dtype: str = "float32", device: str = "cpu") -> tu
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # per-tensor "de-quantizing" bars would drown our own progress
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref.path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            ref.path, dtype=getattr(torch, dtype), **kwargs, **dequantize
-        )
+        with _quiet_gguf():
+            tokenizer = AutoTokenizer.from_pretrained(ref.path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                ref.path, dtype=getattr(torch, dtype), **kwargs, **dequantize
+            )
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load {ref.name or ref.path}: {' '.join(str(e).split())[:300]}") from None
     finally:
@@ -278,6 +282,26 @@ def load_model(ref: ModelRef, dtype: str = "float32", device: str = "cpu") -> tu
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     return model.to(device).eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_gguf() -> Iterator[None]:
+    """Silence transformers' "Converting and de-quantizing GGUF tensors" bar: it is a plain tqdm bar in
+    ``modeling_gguf_pytorch_utils`` that the hub's progress-bar switch does not reach."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def check_gguf_tokenizer(tokenizer: Any, gguf_path: str | os.PathLike[str], name: str) -> None:
