@@ -44,6 +44,7 @@ __all__ = [
     "recovery_ratio",
     "sc_accuracy",
     "sweep",
+    "tabulate",
     "tts_table",
 ]
 
@@ -126,10 +127,11 @@ def recovery_ratio(sc: float, greedy: float, oracle: float) -> float | None:
 
     The oracle is what a perfect verifier would pick among the same samples, so this is how much of the
     verifier's benefit voting gets without one. It is negative when voting does worse than greedy and may
-    exceed 1 when the oracle is close to greedy. None when oracle == greedy (within 1e-12): undefined.
+    exceed 1 when the oracle is barely above greedy. None when the oracle is not above greedy (within
+    1e-12): there is no gap to recover (at small N, sampled answers can be worse than greedy ones).
     """
     gap = oracle - greedy
-    if abs(gap) <= 1e-12:
+    if gap <= 1e-12:
         return None
     return (sc - greedy) / gap
 
@@ -320,7 +322,7 @@ def sweep(
             b.name, engine, out_dir=out / "greedy", fmt=fmt,
             params=SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=seed), **common,
         )  # fmt: skip
-        sampled = evaluate(
+        evaluate(
             b.name, engine, out_dir=out / "sampled", fmt=greedy["format"],
             params=SamplingParams(
                 n=max(ns), temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
@@ -330,6 +332,25 @@ def sweep(
     finally:
         if own_pool:
             pool.close()
+    return tabulate(out, ns, seed=seed, label=label, meta={"limit": limit, **(meta or {})})
+
+
+def tabulate(
+    out_dir: str | os.PathLike[str],
+    ns: Sequence[int],
+    *,
+    seed: int = 0,
+    label: str = "",
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The sweep's table from its two eval folders (``out_dir/greedy``, ``out_dir/sampled``), written to
+    ``out_dir/tts.json``, ``tts.md`` and ``tts.png``; returns tts.json's content. Rerunnable on a copied
+    run folder (no model needed)."""
+    out = Path(out_dir)
+    greedy = json.loads((out / "greedy" / "result.json").read_text())
+    sampled = json.loads((out / "sampled" / "result.json").read_text())
+    b = get_benchmark(sampled["bench"])
+    temperature = sampled["sampling"]["temperature"]
     drawn = _per_task(out / "sampled" / "samples.jsonl")
     first = {tid: recs[0]["passed"] for tid, recs in _per_task(out / "greedy" / "samples.jsonl").items()}
     ids = list(drawn)
@@ -346,7 +367,6 @@ def sweep(
         "format": greedy["format"],
         "model": sampled["model"],
         "tasks": len(ids),
-        "limit": limit,
         "sampling": sampled["sampling"],
         "ns": sorted(set(ns)),
         "greedy_pass@1": greedy["pass@1"],
