@@ -61,6 +61,7 @@ def smol(gguf: ModelRef, tmp_path_factory: pytest.TempPathFactory) -> Iterator[M
     cache = tmp_path_factory.mktemp("tinyforge-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TINYFORGE_CACHE_DIR", str(cache))
+        mp.setenv("TINYFORGE_MODELS_DIR", str(cache / "models"))
         folder = hf_folder(gguf, "float32")
     yield resolve_model(folder)
     shutil.rmtree(cache, ignore_errors=True)

@@ -75,6 +75,7 @@ def smol_hf(smol_ref: ModelRef, tmp_path_factory: pytest.TempPathFactory) -> Pat
     cache = tmp_path_factory.mktemp("tinyforge-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TINYFORGE_CACHE_DIR", str(cache))
+        mp.setenv("TINYFORGE_MODELS_DIR", str(cache / "models"))  # whatever another fixture set
         folder = hf_folder(smol_ref)
     assert isinstance(folder, Path)
     return folder
@@ -105,7 +106,7 @@ def test_hf_folder_converts_a_gguf_once(
         got = folder_model.generate(ids, max_new_tokens=24, do_sample=False)
     assert got.tolist() == want.tolist()
     # Once converted, the folder is reused: nothing is loaded again.
-    monkeypatch.setenv("TINYFORGE_CACHE_DIR", str(smol_hf.parent.parent.parent))
+    monkeypatch.setenv("TINYFORGE_MODELS_DIR", str(smol_hf.parent.parent))
 
     def no_load(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("converted again")
@@ -121,6 +122,7 @@ def test_hf_folder_passes_folders_and_hub_ids_through(tmp_path: Path) -> None:
 
 def test_a_failed_conversion_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TINYFORGE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TINYFORGE_MODELS_DIR", raising=False)  # so models live under the cache above
 
     class Broken:
         def save_pretrained(self, folder: Path) -> None:
