@@ -417,6 +417,80 @@ def bootstrap(
     console.print(f"wrote {out / 'result.json'}, {out / 'report.md'} and the stage records in {out}")
 
 
+@app.command()
+def curriculum(
+    model: Annotated[str | None, typer.Option("--model", help="The model (as for bootstrap).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run folder; rerun resumes.")] = Path("runs/curriculum"),
+    config: Annotated[Path | None, typer.Option("--config", help="A curriculum YAML (see configs/).")] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", help="Rounds of solving and moving.")] = None,
+    problems: Annotated[int | None, typer.Option("--problems", help="Problems in round 1's pool.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of sampling and training.")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="auto, hf or vllm.")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """The auto-difficulty math curriculum: the model writes word problems with a solution() program (run in
+    the sandbox for the answer), solves them k times, problems it solves are made harder and those it never
+    solves easier, (wrong, right) pairs at the edge train a LoRA, GSM8K is scored before and after."""
+    from tinyforge.curriculum import curriculum as run_curriculum
+    from tinyforge.curriculum import load_config as load_curriculum
+
+    opts = {"model": model, "rounds": rounds, "problems": problems, "seed": seed, "backend": backend}
+    run_staged(
+        lambda **kw: run_curriculum(load_curriculum(config, **opts), out, data_dir=data_dir, **kw),
+        out,
+        "the round records",
+    )
+
+
+def run_staged(start: Callable[..., Any], out: Path, records: str = "the stage records") -> None:
+    """Run a staged command's library call, ``start(progress=, log=)``, with progress bars and one-line
+    errors, then print the run's report (``out/report.md``)."""
+    from tinyforge.data import DataError
+    from tinyforge.evaluate.mathgrade import MathGradeError
+    from tinyforge.evaluate.score import ScoreError
+    from tinyforge.generate.models import ModelError
+    from tinyforge.recipe import RecipeError
+
+    errors = (RecipeError, DataError, ScoreError, ModelError, MathGradeError, ValueError)
+    try:
+        with progress_bars() as bars:
+            start(progress=bars, log=lambda m: console.print(m))
+    except errors as e:
+        fail(str(e).strip("'\""))
+    print((out / "report.md").read_text())
+    console.print(f"wrote {out / 'result.json'}, {out / 'report.md'} and {records} in {out}")
+
+
+@app.command()
+def selfcorrect(
+    model: Annotated[str | None, typer.Option("--model", help="The model to train (as for eval).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run folder; the same command resumes it.")] = Path(
+        "runs/selfcorrect"
+    ),
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A selfcorrect YAML file (see configs/selfcorrect*.yaml).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of sampling, the problem draw and the mixes.")
+    ] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="auto, hf or vllm.")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Self-correction training for math: the model answers GSM8K-train problems (greedy and k sampled),
+    wrong -> "Wait, let me reconsider." -> right traces and right -> right ones are mined, a LoRA is trained
+    per mix, and GSM8K test is scored before and after (accuracy, wait, over-correction and fix rates).
+    Writes RUN/result.json, RUN/report.md and every stage's records; rerun to resume."""
+    from tinyforge.selfcorrect import load_config as load_selfcorrect
+    from tinyforge.selfcorrect import selfcorrect as run_selfcorrect
+
+    run_staged(
+        lambda **kw: run_selfcorrect(
+            load_selfcorrect(config, model=model, seed=seed, backend=backend), out, data_dir=data_dir, **kw
+        ),
+        out,
+    )
+
+
 pairs_app = typer.Typer(help="Mined (broken, fixed) pairs.", no_args_is_help=True)
 app.add_typer(pairs_app, name="pairs")
 

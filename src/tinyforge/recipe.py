@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -52,7 +52,16 @@ from tinyforge.mine.solve import FORMAT_ONLY, Attempt, solve
 from tinyforge.sandbox import SandboxPool
 from tinyforge.train.lora import LoraConfig, train_lora
 
-__all__ = ["STAGES", "RecipeConfig", "RecipeError", "bootstrap", "load_config", "report"]
+__all__ = [
+    "STAGES",
+    "RecipeConfig",
+    "RecipeError",
+    "RunConfig",
+    "bootstrap",
+    "load_config",
+    "load_settings",
+    "report",
+]
 
 STAGES: tuple[str, ...] = ("problems", "solve", "mine", "train", "eval")
 
@@ -119,21 +128,33 @@ class EvalConfig(_Config):
     max_new_tokens: int = Field(768, ge=16, description="Token budget of one greedy answer.")
 
 
-class RecipeConfig(_Config):
+class RunConfig(_Config):
+    """What every staged run (``bootstrap``, ``curriculum``, ``selfcorrect``) says about its model and the
+    machine; each run's config adds its own stages' settings."""
+
     model: str = Field(
         ..., description="An embedded model name, a .gguf file, a transformers folder or a hub id."
     )
-    problems: int = Field(50, ge=1, description="Problems to keep per round.")
     seed: int = Field(0, description="Seed of every sampled completion, shuffle and training run.")
+    backend: str = Field("auto", description="Generation back-end: auto, hf or vllm.")
+    dtype: str | None = Field(None, description="Model dtype for generation (default: the back-end's).")
+    batch_size: int | None = Field(None, ge=1, description="Generation batch (hf back-end).")
+    workers: int | None = Field(None, ge=1, description="Sandbox workers (default: one per core).")
+    gpu_memory: float = Field(
+        0.4,
+        gt=0,
+        lt=1,
+        description="vLLM back-end: the share of the GPU's memory vLLM takes (the rest is for training).",
+    )
+
+
+class RecipeConfig(RunConfig):
+    problems: int = Field(50, ge=1, description="Problems to keep per round.")
     rounds: int = Field(1, ge=1, description="Recursive rounds (round r solves with round r-1's adapter).")
     control: bool = Field(False, description="Also train and evaluate on corrupted MBPP-train pairs.")
     seeded: str | None = Field(
         None, description="Take problems from this benchmark (mbpp-train), not the model."
     )
-    backend: str = Field("auto", description="Generation back-end: auto, hf or vllm.")
-    dtype: str | None = Field(None, description="Model dtype for generation (default: the back-end's).")
-    batch_size: int | None = Field(None, ge=1, description="Generation batch (hf back-end).")
-    workers: int | None = Field(None, ge=1, description="Sandbox workers (default: one per core).")
     problem: ProblemsConfig = Field(default_factory=ProblemsConfig)
     solve: SolveConfig = Field(default_factory=SolveConfig)
     mine: MineConfig = Field(default_factory=MineConfig)
@@ -141,9 +162,16 @@ class RecipeConfig(_Config):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
-def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> RecipeConfig:
-    """A config from a YAML file (or defaults), with ``overrides`` (the command line's options) on top."""
-    data: dict[str, Any] = {}
+C = TypeVar("C", bound=_Config)
+
+
+def load_settings(
+    cls: type[C], what: str, path: str | os.PathLike[str] | None, overrides: dict[str, Any]
+) -> C:
+    """Settings of class ``cls`` from a YAML file (or the defaults), with ``overrides`` (the command line's
+    options; None means not given) on top; any problem is a one-line ``RecipeError`` naming the ``what``
+    config (recipe, curriculum, selfcorrect) and the setting."""
+    data: Any = {}
     if path is not None:
         p = Path(path)
         try:
@@ -153,14 +181,19 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Recipe
         except yaml.YAMLError as e:
             raise RecipeError(f"{p}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
         if not isinstance(data, dict):
-            raise RecipeError(f"{p}: a recipe config is a mapping of settings")
+            raise RecipeError(f"{p}: a {what} config is a mapping of settings")
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return RecipeConfig.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"])
-        raise RecipeError(f"bad recipe setting {where}: {err['msg']}") from None
+        raise RecipeError(f"bad {what} setting {where}: {err['msg']}") from None
+
+
+def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> RecipeConfig:
+    """A config from a YAML file (or defaults), with ``overrides`` (the command line's options) on top."""
+    return load_settings(RecipeConfig, "recipe", path, overrides)
 
 
 # --- run-folder records ------------------------------------------------------------------------------------
@@ -202,7 +235,7 @@ class Run:
 
     def __init__(
         self,
-        config: RecipeConfig,
+        config: RunConfig,
         root: Path,
         *,
         data_dir: str | os.PathLike[str] | None,
@@ -232,7 +265,7 @@ class Run:
             return VLLMEngine(
                 c.model,
                 enable_lora=True,
-                gpu_memory_utilization=0.4,
+                gpu_memory_utilization=c.gpu_memory,
                 **({"dtype": c.dtype} if c.dtype else {}),
             )
         return make_engine(c.model, c.backend, adapter=adapter, dtype=c.dtype, batch_size=c.batch_size)
