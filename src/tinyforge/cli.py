@@ -277,7 +277,7 @@ def eval_(
                 data_dir=data_dir,
                 workers=workers,
                 progress=bars,
-                meta={"command": " ".join(["tinyforge", *sys.argv[1:]])},
+                meta={"command": " ".join(["tinyforge", *sys.argv[1:]]), "model_name": model},
             )
     except (DataError, ScoreError, ModelError, ValueError, KeyError) as e:
         fail(str(e).strip("'\""))
@@ -348,7 +348,7 @@ def tts(
                 b.name, engine, ns, out_dir=out, fmt=fmt, temperature=temperature, top_p=top_p,
                 max_new_tokens=max_new_tokens, seed=seed, limit=limit, cache_dir=cache_dir, data_dir=data_dir,
                 workers=workers, progress=bars, label=model,
-                meta={"command": " ".join(["tinyforge", *sys.argv[1:]])},
+                meta={"command": " ".join(["tinyforge", *sys.argv[1:]]), "model_name": model},
             )  # fmt: skip
     except (DataError, ScoreError, ModelError, ValueError, KeyError) as e:
         fail(str(e).strip("'\""))
@@ -489,6 +489,52 @@ def selfcorrect(
         ),
         out,
     )
+
+
+@app.command()
+def experiment(
+    spec: Annotated[Path, typer.Argument(help="An experiment spec (YAML; built-in: configs/experiments/).")],
+    out: Annotated[Path, typer.Option("--out", help="Experiment folder (rerun to resume).")] = Path(
+        "runs/experiment"
+    ),
+    model: Annotated[
+        str | None, typer.Option("--model", help="The recipe's model (not for boundary).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run (or resume) an experiment: synergy, pair_scaling, control, rounds, format or boundary. The recipe
+    runs in OUT/recipe (boundary: OUT/recipe-MODEL), its extra arms beside it; OUT/KIND/result.json and
+    OUT/KIND/report.md (with plots) hold the comparison."""
+    from tinyforge.experiment import load_spec, run_experiment
+    from tinyforge.recipe import RecipeError
+
+    try:
+        s = load_spec(spec, model=model)
+    except RecipeError as e:
+        fail(str(e))
+    run_staged(
+        lambda **kw: run_experiment(s, out, data_dir=data_dir, **kw), out / s.kind, f"the runs in {out}"
+    )
+
+
+@app.command()
+def report(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Run, eval, tts or experiment folders (or result files).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.md and figures/.")] = Path("report"),
+    title: Annotated[str, typer.Option("--title", help="The report's title.")] = "tinyforge report",
+) -> None:
+    """A Markdown report with PNG plots from the results under PATHS: recipe runs (before/after, control),
+    experiments (synergy, pair-count scaling, rounds, format, boundary), curriculum, self-correction, TTS
+    curves, and lift vs base score across models."""
+    from tinyforge.report import ReportError, write_report
+
+    try:
+        path = write_report(paths, out, title=title)
+    except ReportError as e:
+        fail(str(e))
+    console.print(f"wrote {path} and {out / 'figures'}")
 
 
 pairs_app = typer.Typer(help="Mined (broken, fixed) pairs.", no_args_is_help=True)

@@ -91,9 +91,9 @@ from tinyforge.recipe import (
     RecipeError,
     Run,
     RunConfig,
-    _check_config,
     _Config,
     _round_seed,
+    check_settings,
     compare,
     eval_all,
     load_settings,
@@ -586,17 +586,8 @@ def _texts(
 ) -> list[Completion]:
     """Completions of ``requests`` in order, through the run's cache; counts of generated and cached ones go
     to the stage's ``info``."""
-    engine = run.cached(None)
-    out: list[Completion | None] = [None] * len(requests)
-    bar = run.progress(label, len(requests)) if run.progress else None
-    for pos, c in engine.run(requests, params):
-        out[pos] = c
-        if bar:
-            bar(1)
-    info.update(generated=engine.misses, from_cache=engine.hits)
-    done = [c for c in out if c is not None]
-    if len(done) != len(requests):
-        raise RecipeError(f"the engine returned {len(done)} of {len(requests)} completions")
+    done, counts = run.complete(None, requests, params, label)
+    info.update(counts)
     return done
 
 
@@ -817,7 +808,7 @@ def curriculum(
                 f"{root} holds a run of {old} round(s): the LoRA is trained on the pairs of every round, so "
                 "the number of rounds of a run cannot change; give another --out"
             )
-    _check_config(root, config)  # type: ignore[arg-type]  # reads only what both configs have
+    check_settings(root, config)
     t0 = time.perf_counter()
     run = Run(config, root, data_dir=data_dir, progress=progress, log=log, engine_factory=engine_factory)
     rounds: list[dict[str, Any]] = []

@@ -30,7 +30,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -42,9 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tinyforge import __version__
 from tinyforge.data import load_benchmark
 from tinyforge.data.code import read_jsonl
-from tinyforge.evaluate.metrics import mcnemar, wilson_interval
+from tinyforge.evaluate.metrics import paired_comparison
 from tinyforge.evaluate.run import evaluate, resolve_format
-from tinyforge.generate.base import Engine, GenerationRequest, SamplingParams, free_memory
+from tinyforge.generate.base import Completion, Engine, GenerationRequest, SamplingParams, free_memory
 from tinyforge.generate.cache import CachedEngine, GenerationCache
 from tinyforge.mine.pairs import Pair, mine_pairs, pair_stats, select_pairs
 from tinyforge.mine.problems import Problem, Rejection, dedupe, parse_problem, problem_prompt, verify_problems
@@ -165,30 +165,40 @@ class RecipeConfig(RunConfig):
 C = TypeVar("C", bound=_Config)
 
 
-def load_settings(
-    cls: type[C], what: str, path: str | os.PathLike[str] | None, overrides: dict[str, Any]
-) -> C:
-    """Settings of class ``cls`` from a YAML file (or the defaults), with ``overrides`` (the command line's
-    options; None means not given) on top; any problem is a one-line ``RecipeError`` naming the ``what``
-    config (recipe, curriculum, selfcorrect) and the setting."""
-    data: Any = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise RecipeError(f"config file not found: {p}") from None
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{p}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
-        if not isinstance(data, dict):
-            raise RecipeError(f"{p}: a {what} config is a mapping of settings")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+def read_settings(path: str | os.PathLike[str], what: str, missing: str = "config file") -> dict[str, Any]:
+    """The mapping in a YAML settings file (empty file: no settings); else a one-line ``RecipeError`` saying
+    ``missing`` not found, not valid YAML, or not a mapping of ``what`` settings."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise RecipeError(f"{missing} not found: {p}") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{p}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{p}: {what} is a mapping of settings")
+    return data
+
+
+def validate_settings(cls: type[C], what: str, data: dict[str, Any]) -> C:
+    """``cls`` from ``data``, or a one-line ``RecipeError`` naming the first bad setting."""
     try:
         return cls.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"])
         raise RecipeError(f"bad {what} setting {where}: {err['msg']}") from None
+
+
+def load_settings(
+    cls: type[C], what: str, path: str | os.PathLike[str] | None, overrides: dict[str, Any]
+) -> C:
+    """Settings of class ``cls`` from a YAML file (or the defaults), with ``overrides`` (the command line's
+    options; None means not given) on top; any problem is a one-line ``RecipeError`` naming the ``what``
+    config (recipe, curriculum, selfcorrect) and the setting."""
+    data = read_settings(path, f"a {what} config") if path is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return validate_settings(cls, what, data)
 
 
 def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> RecipeConfig:
@@ -294,6 +304,31 @@ class Run:
                     self._tuned = (key, self._factory(key))
                 engine = self._tuned[1]
         return engine
+
+    def complete(
+        self,
+        adapter: Path | None,
+        requests: Sequence[GenerationRequest],
+        params: SamplingParams,
+        label: str,
+        on_each: Callable[[int, Completion], None] | None = None,
+    ) -> tuple[list[Completion], dict[str, int]]:
+        """Completions of ``requests`` (in order) from the model with ``adapter``, through the run's cache,
+        with a progress bar; ``on_each(position, completion)`` runs as each one arrives. Returns them and the
+        counts generated / from_cache; a ``RecipeError`` when the engine leaves any out."""
+        engine = self.cached(adapter)
+        out: list[Completion | None] = [None] * len(requests)
+        bar = self.progress(label, len(requests)) if self.progress else None
+        for pos, c in engine.run(list(requests), params):
+            out[pos] = c
+            if on_each is not None:
+                on_each(pos, c)
+            if bar:
+                bar(1)
+        done = [c for c in out if c is not None]
+        if len(done) != len(requests):
+            raise RecipeError(f"{label}: the engine returned {len(done)} of {len(requests)} completions")
+        return done, {"generated": engine.misses, "from_cache": engine.hits}
 
     def _drop_tuned(self) -> None:
         if self._tuned is not None:
@@ -486,8 +521,9 @@ def mine(run: Run, rnd: int, problems: list[Problem], attempts: list[Attempt]) -
     return pairs
 
 
-def train(run: Run, folder: Path, pairs: list[Pair], fmt: str) -> Path:
-    """A fresh LoRA from the base on ``pairs`` (minus excluded classes), in ``folder/train``."""
+def train(run: Run, folder: Path, pairs: list[Pair], fmt: str, lora: LoraConfig | None = None) -> Path:
+    """A fresh LoRA from the base on ``pairs`` (minus excluded classes), in ``folder/train``, with the run's
+    training settings (or ``lora``)."""
     c = run.config
     chosen = select_pairs(pairs, c.mine.exclude)
     if not chosen:
@@ -498,16 +534,20 @@ def train(run: Run, folder: Path, pairs: list[Pair], fmt: str) -> Path:
     examples = [(p.prompt(fmt), p.target(fmt)) for p in chosen]
     name = f"{folder.name}/train"
     with run.stage(name) as info:
-        res = train_lora(c.model, examples, folder / "train", c.train, progress=run.progress)
+        res = train_lora(c.model, examples, folder / "train", lora or c.train, progress=run.progress)
         info.update(
             examples=len(examples), format=fmt, **{k: res[k] for k in ("steps", "final_loss") if k in res}
         )
     return folder / "train" / "adapter"
 
 
-def eval_all(run: Run, label: str, adapter: Path | None) -> dict[str, Any]:
-    """Greedy scores of the model (with ``adapter``) on every configured benchmark and format."""
+def eval_all(
+    run: Run, label: str, adapter: Path | None, params: SamplingParams | None = None
+) -> dict[str, Any]:
+    """Scores of the model (with ``adapter``) on every configured benchmark and format in
+    ``RUN/eval/LABEL-BENCH-FORMAT``: greedy, or sampled with ``params``."""
     c, results = run.config, {}
+    params = params or SamplingParams(max_new_tokens=c.eval.max_new_tokens)
     for bench in c.eval.benches:
         for fmt in c.eval.formats:
             folder = run.root / "eval" / f"{label}-{bench}-{fmt}"
@@ -521,7 +561,7 @@ def eval_all(run: Run, label: str, adapter: Path | None) -> dict[str, Any]:
                     engine,
                     out_dir=folder,
                     fmt=fmt,
-                    params=SamplingParams(max_new_tokens=c.eval.max_new_tokens),
+                    params=params,
                     limit=c.eval.limit,
                     cache_dir=run.root / "cache",
                     data_dir=run.data_dir,
@@ -536,29 +576,26 @@ def eval_all(run: Run, label: str, adapter: Path | None) -> dict[str, Any]:
     return results
 
 
-def _verdicts(folder: Path) -> dict[str, bool]:
-    return {r["task_id"]: bool(r["passed"]) for r in read_jsonl(folder / "samples.jsonl")}
+def task_verdicts(folder: Path) -> dict[str, bool]:
+    """Task id -> solved, from an eval folder's samples: a task with several samples is solved when any one
+    of them passes (oracle best-of-N)."""
+    out: dict[str, bool] = {}
+    for r in read_jsonl(folder / "samples.jsonl"):
+        out[r["task_id"]] = out.get(r["task_id"], False) or bool(r["passed"])
+    return out
 
 
 def compare(run: Run, before: str, after: str) -> dict[str, Any]:
     """Per benchmark and format: pass@1 before and after with Wilson intervals, and a paired McNemar test."""
-    c, out = run.config, {}
-    for bench in c.eval.benches:
-        for fmt in c.eval.formats:
-            b = _verdicts(run.root / "eval" / f"{before}-{bench}-{fmt}")
-            a = _verdicts(run.root / "eval" / f"{after}-{bench}-{fmt}")
-            tasks = sorted(set(b) & set(a))
-            nb, na = sum(b[t] for t in tasks), sum(a[t] for t in tasks)
-            out[f"{bench}/{fmt}"] = {
-                "tasks": len(tasks),
-                "before": nb,
-                "after": na,
-                "delta": (na - nb) / len(tasks) if tasks else 0.0,
-                "before_ci95": list(wilson_interval(nb, len(tasks))),
-                "after_ci95": list(wilson_interval(na, len(tasks))),
-                "mcnemar": mcnemar([b[t] for t in tasks], [a[t] for t in tasks]),
-            }
-    return out
+    c = run.config
+    return {
+        f"{bench}/{fmt}": paired_comparison(
+            task_verdicts(run.root / "eval" / f"{before}-{bench}-{fmt}"),
+            task_verdicts(run.root / "eval" / f"{after}-{bench}-{fmt}"),
+        )
+        for bench in c.eval.benches
+        for fmt in c.eval.formats
+    }
 
 
 def control(run: Run, n_pairs: int, fmt: str) -> dict[str, Any]:
@@ -586,23 +623,30 @@ def control(run: Run, n_pairs: int, fmt: str) -> dict[str, Any]:
 _EXTENDING = ("rounds", "control")
 
 
-def _check_config(root: Path, config: RecipeConfig) -> None:
-    path = root / "config.json"
-    new = config.model_dump(mode="json")
-    if path.is_file():
-        old = json.loads(path.read_text())
-        fixed_old = {k: v for k, v in old.items() if k not in _EXTENDING}
-        fixed_new = {k: v for k, v in new.items() if k not in _EXTENDING}
-        if fixed_old != fixed_new or new["rounds"] < old.get("rounds", 1):
-            diff = _first_diff(old, new)
-            raise RecipeError(
-                f"{root} holds a run with other settings ({diff}): rerun with the same settings to resume "
-                "(more --rounds and --control may be added), or give another --out"
-            )
-        if old != new:
-            write_json(path, new)
-    else:
+def check_settings(root: Path, config: RunConfig, extending: Sequence[str] = ()) -> None:
+    """A new run folder ``root`` gets ``config.json``; an existing one must hold the same settings, except
+    the ``extending`` ones (settings that only add work), whose numbers may only grow. Else a one-line
+    ``RecipeError``."""
+    path, new = root / "config.json", config.model_dump(mode="json")
+    if not path.is_file():
         root.mkdir(parents=True, exist_ok=True)
+        write_json(path, new)
+        return
+    old = json.loads(path.read_text())
+    fixed_old = {k: v for k, v in old.items() if k not in extending}
+    fixed_new = {k: v for k, v in new.items() if k not in extending}
+    shrunk = [
+        k
+        for k in extending
+        if isinstance(new.get(k), int) and not isinstance(new[k], bool) and new[k] < old.get(k, new[k])
+    ]
+    if fixed_old != fixed_new or shrunk:
+        more = f" ({' and '.join(f'more --{k}' for k in extending)} may be added)" if extending else ""
+        raise RecipeError(
+            f"{root} holds a run with other settings ({_first_diff(old, new)}): rerun with the same settings "
+            f"to resume{more}, or give another --out"
+        )
+    if old != new:
         write_json(path, new)
 
 
@@ -632,7 +676,7 @@ def bootstrap(
     root = Path(run_dir)
     if stop_after not in STAGES:
         raise RecipeError(f"unknown stage {stop_after!r}; known: {', '.join(STAGES)}")
-    _check_config(root, config)
+    check_settings(root, config, _EXTENDING)
     t0 = time.perf_counter()
     run = Run(config, root, data_dir=data_dir, progress=progress, log=log, engine_factory=engine_factory)
     last = STAGES.index(stop_after)

@@ -69,9 +69,9 @@ from tinyforge import __version__
 from tinyforge.data import MathTask, load_benchmark
 from tinyforge.data.code import read_jsonl
 from tinyforge.evaluate.mathgrade import Grade, MathGrader
-from tinyforge.evaluate.metrics import mcnemar, wilson_interval
+from tinyforge.evaluate.metrics import paired_comparison, wilson_interval
 from tinyforge.evaluate.run import resolve_format
-from tinyforge.generate.base import Engine, GenerationRequest, SamplingParams
+from tinyforge.generate.base import Completion, Engine, GenerationRequest, SamplingParams
 from tinyforge.generate.prompts import GSM8K_SHOTS, math_prompt, math_shots, task_stops
 from tinyforge.recipe import (
     Log,
@@ -80,7 +80,7 @@ from tinyforge.recipe import (
     Run,
     RunConfig,
     _Config,
-    _first_diff,
+    check_settings,
     load_settings,
     write_json,
     write_jsonl,
@@ -222,15 +222,14 @@ def answer_all(
     """``params.n`` answers per task from the model (with ``adapter``) through the run's cache, each split at
     the marker and both parts graded in the sandbox as soon as the answer arrives. Returns the records (in
     task order, then sample index) and the generation counts."""
-    engine = run.cached(adapter)
     grader = MathGrader(run.pool)
     shots = math_shots(EVAL_BENCH, run.data_dir) if fmt == "raw" else ()
     requests = [GenerationRequest(math_prompt(t, fmt, shots), i) for t in tasks for i in range(params.n)]
     records: list[dict[str, Any]] = [{} for _ in requests]
     grades: list[list[Future[Grade]]] = [[] for _ in requests]
-    generated = _bar(run, label, "generate", len(requests))
     graded = _bar(run, label, "grade", len(requests))
-    for pos, c in engine.run(requests, params):
+
+    def arrived(pos: int, c: Completion) -> None:
         task = tasks[pos // params.n]
         records[pos] = {
             "task_id": task.task_id,
@@ -243,17 +242,12 @@ def answer_all(
         grades[pos] = grade_parts(grader, task.answers, c.text)
         if graded:
             grades[pos][-1].add_done_callback(lambda _: graded(1))
-        if generated:
-            generated(1)
-    missing = sum(not futures for futures in grades)
-    if missing:
-        raise RecipeError(
-            f"{label}: the engine returned {len(requests) - missing} of {len(requests)} answers"
-        )
+
+    _, counts = run.complete(adapter, requests, params, f"{label}: generate", arrived)
     for rec, futures in zip(records, grades, strict=True):
         parts = [_grade_record(f.result()) for f in futures]
         rec["first"], rec["final"] = parts[0], parts[-1]
-    return records, {"answers": len(requests), "generated": engine.misses, "from_cache": engine.hits}
+    return records, {"answers": len(requests), **counts}
 
 
 def _status(rec: dict[str, Any]) -> str:
@@ -585,29 +579,8 @@ def _finals(run: Run, label: str) -> dict[str, bool]:
 
 
 def compare(run: Run, before: str, after: str) -> dict[str, Any]:
-    """Final correctness of ``after`` against ``before`` on the tasks both answered: counts, the change,
-    and an exact McNemar test."""
-    b, a = _finals(run, before), _finals(run, after)
-    paired = [(b[t], a[t]) for t in sorted(b.keys() & a.keys())]
-    n, nb, na = len(paired), sum(x for x, _ in paired), sum(y for _, y in paired)
-    test = mcnemar([x for x, _ in paired], [y for _, y in paired])
-    return {"tasks": n, "before": nb, "after": na, "delta": (na - nb) / n if n else 0.0, "mcnemar": test}
-
-
-def _check_config(root: Path, config: SelfCorrectConfig) -> None:
-    """A new run folder gets ``config.json``; an existing one must hold the same settings (every setting
-    decides what the records in it are)."""
-    path, settings = root / "config.json", config.model_dump(mode="json")
-    if not path.is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        write_json(path, settings)
-        return
-    saved = json.loads(path.read_text())
-    if saved != settings:
-        raise RecipeError(
-            f"{root} holds a run with other settings ({_first_diff(saved, settings)}): rerun with the same "
-            "settings to resume, or give another --out"
-        )
+    """Final correctness of ``after`` against ``before`` on the tasks both answered (``paired_comparison``)."""
+    return paired_comparison(_finals(run, before), _finals(run, after))
 
 
 def selfcorrect(
@@ -626,7 +599,7 @@ def selfcorrect(
     train on; ``attempts.jsonl`` and ``traces.jsonl`` are written by then. ``engine_factory`` as in
     ``recipe.bootstrap``."""
     root = Path(out)
-    _check_config(root, config)
+    check_settings(root, config)
     t0 = time.perf_counter()
     run = Run(config, root, data_dir=data_dir, progress=progress, log=log, engine_factory=engine_factory)
     try:

@@ -1,11 +1,19 @@
-"""Scoring statistics: unbiased pass@k, Wilson intervals and an exact paired McNemar test."""
+"""Scoring statistics: unbiased pass@k, Wilson intervals, an exact paired McNemar test and paired comparisons."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-__all__ = ["mcnemar", "pass_at_k", "pass_at_k_table", "wilson_interval"]
+__all__ = [
+    "mcnemar",
+    "paired_bootstrap_ci",
+    "paired_comparison",
+    "pass_at_k",
+    "pass_at_k_table",
+    "wilson_interval",
+]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -83,3 +91,38 @@ def mcnemar(before: Sequence[bool], after: Sequence[bool]) -> dict[str, float | 
     tail = sum(math.comb(m, i) for i in range(min(b, c) + 1))
     p_value = min(1.0, 2 * tail / 2**m) if m else 1.0
     return {"b": b, "c": c, "n_discordant": m, "p_value": p_value}
+
+
+def paired_comparison(before: Mapping[str, bool], after: Mapping[str, bool]) -> dict[str, Any]:
+    """Two verdict maps (task id -> passed) compared on the tasks both have: counts, the change in the pass
+    rate, 95% Wilson intervals of both rates and the exact McNemar test of the paired outcomes."""
+    tasks = sorted(before.keys() & after.keys())
+    b, a = [bool(before[t]) for t in tasks], [bool(after[t]) for t in tasks]
+    n, nb, na = len(tasks), sum(b), sum(a)
+    return {
+        "tasks": n,
+        "before": nb,
+        "after": na,
+        "delta": (na - nb) / n if n else 0.0,
+        "before_ci95": list(wilson_interval(nb, n)),
+        "after_ci95": list(wilson_interval(na, n)),
+        "mcnemar": mcnemar(b, a),
+    }
+
+
+def paired_bootstrap_ci(
+    before: Sequence[bool], after: Sequence[bool], reps: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(after) - mean(before) on paired outcomes: the tasks are drawn
+    with replacement ``reps`` times (a fixed ``seed``: the same data give the same interval)."""
+    import numpy as np
+
+    if len(before) != len(after):
+        raise ValueError(f"paired lists differ in length: {len(before)} vs {len(after)}")
+    if not before:
+        return -1.0, 1.0
+    diff = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(reps, len(diff)))
+    means = diff[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

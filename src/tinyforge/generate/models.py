@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "model_slug",
     "EMBEDDED",
     "EmbeddedModel",
     "ModelError",
@@ -100,6 +101,11 @@ class ModelRef:
     def key(self) -> dict[str, Any]:
         """The model's part of a cache key: its content (or hub commit), not where it lies."""
         return {"hub": self.path, "revision": self.sha256} if self.kind == "hub" else {"sha256": self.sha256}
+
+
+def model_slug(model: str | os.PathLike[str]) -> str:
+    """A file-name-safe name for a model as the user named it (a path: its last part)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name).strip("_") or "model"
 
 
 def models_dir() -> Path:
