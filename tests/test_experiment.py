@@ -66,6 +66,7 @@ def test_builtin_specs_load_with_their_recipes() -> None:
         ("kind: [synergy\n", r"not valid YAML"),
         ("- synergy\n", r"a mapping of settings"),
         ("kind: synergy\nrecipe: {problems: 0}\n", r"bad recipe setting problems"),
+        ("kind: pair_scaling\npair_counts: [10, 0]\n", r"bad experiment setting pair_counts\.1"),
     ],
 )
 def test_bad_specs_are_one_line_errors(tmp_path: Path, text: str, match: str) -> None:

@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -73,7 +73,7 @@ class ExperimentSpec(_Config):
     n: int = Field(8, ge=2, description="synergy: samples per task for best-of-N.")
     temperature: float = Field(0.8, gt=0, description="synergy: sampling temperature of best-of-N.")
     top_p: float = Field(0.95, gt=0, le=1, description="synergy: nucleus of best-of-N.")
-    pair_counts: list[int | Literal["all"]] = Field(
+    pair_counts: list[Annotated[int, Field(ge=1)] | Literal["all"]] = Field(
         default_factory=lambda: [10, 21, 40, "all"], description="pair_scaling: how many pairs to train on."
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="pair_scaling: training seeds.")
