@@ -490,11 +490,13 @@ def write_report(
         lines += ["## Lift vs base score", "", f"![lift vs base]({p.parent.name}/{p.name})", ""]
     names: dict[str, int] = {}
     for f, kind, data in results:
-        stem = f"{kind}-{model_slug(_model_of(data))}"
+        given = next((Path(p) for p in paths if f.is_relative_to(Path(p))), f.parent)
+        shown = f.relative_to(given.parent)
+        # A plot is named after the folder of its result (runs/recipe-qwen/result.json -> runs-recipe-qwen).
+        stem = model_slug("-".join(shown.parent.parts) or kind)
         names[stem] = names.get(stem, 0) + 1
         name = stem if names[stem] == 1 else f"{stem}-{names[stem]}"
-        given = next((Path(p) for p in paths if f.is_relative_to(Path(p))), f.parent)
-        lines += _section(f.relative_to(given.parent).as_posix(), kind, data, figs, name)
+        lines += _section(shown.as_posix(), kind, data, figs, name)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
