@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field
 
@@ -49,6 +49,7 @@ from tinyforge.recipe import (
     bootstrap,
     eval_all,
     read_settings,
+    summarize,
     task_verdicts,
     train,
     validate_settings,
@@ -58,13 +59,12 @@ from tinyforge.report import write_report
 
 __all__ = ["KINDS", "ExperimentSpec", "load_spec", "run_experiment"]
 
-KINDS = ("synergy", "pair_scaling", "control", "rounds", "format", "boundary")
+Kind = Literal["synergy", "pair_scaling", "control", "rounds", "format", "boundary"]
+KINDS: tuple[str, ...] = get_args(Kind)
 
 
 class ExperimentSpec(_Config):
-    kind: Literal["synergy", "pair_scaling", "control", "rounds", "format", "boundary"] = Field(
-        ..., description="Which comparison."
-    )
+    kind: Kind = Field(..., description="Which comparison.")
     recipe: dict[str, Any] = Field(
         default_factory=dict, description="Recipe settings (a YAML file's, when the spec names one)."
     )
@@ -118,7 +118,7 @@ def _rate(solved: int, tasks: int) -> dict[str, Any]:
 
 def _verdicts(run: Run, label: str, key: str) -> dict[str, bool]:
     bench, fmt = key.split("/")
-    return task_verdicts(run.root / "eval" / f"{label}-{bench}-{fmt}")
+    return task_verdicts(run.eval_dir(label, bench, fmt))
 
 
 def _synergy(run: Run, spec: ExperimentSpec, result: dict[str, Any]) -> dict[str, Any]:
@@ -198,19 +198,6 @@ def _pair_scaling(run: Run, spec: ExperimentSpec, result: dict[str, Any]) -> dic
     return {"mined": len(pairs), "points": points}
 
 
-def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    """What control, rounds and format report of a recipe run: the base, each round and the control against
-    the base (counts, intervals, McNemar)."""
-    return {
-        "before": result["before"],
-        "rounds": [
-            {"round": r["round"], "trained_on": r["trained_on"], "vs_before": r["vs_before"]}
-            for r in result["rounds"]
-        ],
-        "control": (result.get("control") or {}).get("vs_before"),
-    }
-
-
 def run_experiment(
     spec: ExperimentSpec,
     out: str | os.PathLike[str],
@@ -236,7 +223,7 @@ def run_experiment(
             except RecipeError as e:  # a null result is a result: say why and go on
                 per_model[model] = {"run": folder.name, "error": str(e)}
                 continue
-            per_model[model] = {"run": folder.name, **_summary(result)}
+            per_model[model] = {"run": folder.name, **summarize(result)}
         data: dict[str, Any] = {"models": per_model}
         settings = recipe_config(spec, spec.models[0]).model_dump(mode="json")
     else:
@@ -245,7 +232,7 @@ def run_experiment(
         result = bootstrap(
             config, folder, data_dir=data_dir, progress=progress, log=log, engine_factory=engine_factory
         )
-        data = {"run": folder.name, **_summary(result)}
+        data = {"run": folder.name, **summarize(result)}
         settings = config.model_dump(mode="json")
         if spec.kind in ("synergy", "pair_scaling"):
             run = Run(

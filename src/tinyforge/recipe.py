@@ -305,6 +305,10 @@ class Run:
                 engine = self._tuned[1]
         return engine
 
+    def eval_dir(self, label: str, bench: str, fmt: str) -> Path:
+        """Where the eval ``label`` of ``bench`` in prompt format ``fmt`` is (``RUN/eval/LABEL-BENCH-FORMAT``)."""
+        return self.root / "eval" / f"{label}-{bench}-{fmt}"
+
     def complete(
         self,
         adapter: Path | None,
@@ -550,7 +554,7 @@ def eval_all(
     params = params or SamplingParams(max_new_tokens=c.eval.max_new_tokens)
     for bench in c.eval.benches:
         for fmt in c.eval.formats:
-            folder = run.root / "eval" / f"{label}-{bench}-{fmt}"
+            folder = run.eval_dir(label, bench, fmt)
             if (folder / "result.json").is_file():
                 results[f"{bench}/{fmt}"] = json.loads((folder / "result.json").read_text())
                 continue
@@ -590,11 +594,24 @@ def compare(run: Run, before: str, after: str) -> dict[str, Any]:
     c = run.config
     return {
         f"{bench}/{fmt}": paired_comparison(
-            task_verdicts(run.root / "eval" / f"{before}-{bench}-{fmt}"),
-            task_verdicts(run.root / "eval" / f"{after}-{bench}-{fmt}"),
+            task_verdicts(run.eval_dir(before, bench, fmt)),
+            task_verdicts(run.eval_dir(after, bench, fmt)),
         )
         for bench in c.eval.benches
         for fmt in c.eval.formats
+    }
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """A run's result as experiments and reports compare it: the base scores, each round and the control
+    against the base (counts, Wilson intervals, McNemar)."""
+    return {
+        "before": result["before"],
+        "rounds": [
+            {"round": r["round"], "trained_on": r["trained_on"], "vs_before": r["vs_before"]}
+            for r in result["rounds"]
+        ],
+        "control": (result.get("control") or {}).get("vs_before"),
     }
 
 

@@ -84,12 +84,12 @@ def _result_files(folder: Path) -> list[Path]:
     out = []
     for f in sorted([*folder.rglob("result.json"), *folder.rglob("tts.json")]):
         rel = f.relative_to(folder).parts[:-1]
-        if "eval" in rel or "cache" in rel or (f.name == "result.json" and (f.parent / "tts.json").is_file()):
-            continue
+        if "eval" in rel or "cache" in rel:
+            continue  # a run's own evals, the generation cache
         if f.name == "result.json" and any(
-            (folder.joinpath(*rel[:i]) / "tts.json").is_file() for i in range(len(rel))
+            (folder.joinpath(*rel[:i]) / "tts.json").is_file() for i in range(len(rel) + 1)
         ):
-            continue  # a TTS sweep's greedy/sampled evals
+            continue  # a TTS sweep's greedy/sampled evals (tts.json in the folder or above)
         out.append(f)
     return out
 
@@ -230,17 +230,6 @@ def _recipe_arms(summary: dict[str, Any]) -> dict[str, dict[str, tuple[int, int]
     return groups
 
 
-def _recipe_summary(data: dict[str, Any]) -> dict[str, Any]:
-    """bootstrap's result in the shape experiments report (base, rounds, control vs base)."""
-    return {
-        "rounds": [
-            {"round": r["round"], "trained_on": r["trained_on"], "vs_before": r["vs_before"]}
-            for r in data["rounds"]
-        ],
-        "control": (data.get("control") or {}).get("vs_before"),
-    }
-
-
 def _model_of(data: dict[str, Any]) -> str:
     """The model a result is of, as the user named it: runs record it as given; an eval or tts result names
     it in ``model_name`` or its command (older ones), else by its engine key."""
@@ -262,10 +251,10 @@ def _section(shown: str, kind: str, data: dict[str, Any], figs: Path, name: str)
     lines = [f"## {kind}: {_model_of(data)}", "", f"`{shown}` ({data.get('date', 'no date')})", ""]
     img: list[Path] = []
     if kind == "bootstrap":
-        from tinyforge.recipe import report
+        from tinyforge.recipe import report, summarize
 
         lines += _demote(report(data))
-        summary = _recipe_summary(data)
+        summary = summarize(data)
         if summary["rounds"]:
             img.append(
                 bar_plot(_recipe_arms(summary), figs / f"{name}.png", title=f"recipe on {_model_of(data)}")
