@@ -39,7 +39,9 @@ def test_report_of_the_recorded_runs(tmp_path: Path) -> None:
     assert (
         len(images)
         == len(set(images))
-        == 1 + kinds.count("tts") + sum(1 for _, k, d in results if k == "bootstrap" and d["rounds"])
+        == 1
+        + sum(kinds.count(k) for k in ("tts", "curriculum", "synergy", "pair_scaling"))
+        + sum(1 for _, k, d in results if k == "bootstrap" and d["rounds"])
     )
     for image in images:
         assert image.read_bytes().startswith(PNG), image
@@ -52,6 +54,15 @@ def test_report_of_the_recorded_runs(tmp_path: Path) -> None:
         )
     for key, v in recipe["control"]["vs_before"].items():
         assert f"| {key} | {v['before']}/{v['tasks']} | {v['after']}/{v['tasks']} |" in text
+    exp = RUNS / "exp-qwen0.5b-h200"
+    synergy = json.loads((exp / "synergy" / "result.json").read_text())["synergy"]["by_eval"]
+    for key, v in synergy.items():
+        a, b = v["arms"]["A"], v["arms"]["B"]
+        assert f"| {key} | {a['solved']}/{a['tasks']} | {b['solved']}/{b['tasks']} |" in text
+    scaling = json.loads((exp / "pair_scaling" / "result.json").read_text())["pair_scaling"]["points"]
+    for point in scaling:
+        for key, v in point["by_eval"].items():
+            assert f"| {point['pairs']} | {key} | {100 * v['mean']:.1f}% |" in text
     tts = json.loads((RUNS / "tts-gemma270m-h200" / "gsm8k" / "tts.json").read_text())
     assert "## tts: gemma-3-270m" in text
     assert all(f"| {r['n']} | {100 * r['oracle']:.1f}% |" in text for r in tts["rows"])

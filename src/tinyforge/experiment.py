@@ -152,6 +152,16 @@ def _synergy(run: Run, spec: ExperimentSpec, result: dict[str, Any]) -> dict[str
     return {"n": spec.n, "temperature": spec.temperature, "top_p": spec.top_p, "by_eval": out}
 
 
+def _evaluated(run: Run, label: str) -> bool:
+    """Whether every configured benchmark and format has a recorded score for ``label``."""
+    c = run.config
+    return all(
+        (run.eval_dir(label, bench, fmt) / "result.json").is_file()
+        for bench in c.eval.benches
+        for fmt in c.eval.formats
+    )
+
+
 def _pair_scaling(run: Run, spec: ExperimentSpec, result: dict[str, Any]) -> dict[str, Any]:
     from tinyforge.data.code import read_jsonl
 
@@ -172,10 +182,11 @@ def _pair_scaling(run: Run, spec: ExperimentSpec, result: dict[str, Any]) -> dic
                 label = "round-1"
             else:
                 label = f"pairs-{n}-seed-{seed}"
-                adapter = train(
-                    run, run.root / label, pairs[:n], fmt, c.train.model_copy(update={"seed": seed})
-                )
-                eval_all(run, label, adapter)
+                if not _evaluated(run, label):  # scores on record need no adapter (records may be trimmed)
+                    adapter = train(
+                        run, run.root / label, pairs[:n], fmt, c.train.model_copy(update={"seed": seed})
+                    )
+                    eval_all(run, label, adapter)
             runs[str(seed)] = {
                 key: paired_comparison(_verdicts(run, "before", key), _verdicts(run, label, key))
                 for key in result["before"]
@@ -229,19 +240,18 @@ def run_experiment(
     else:
         config = recipe_config(spec)
         folder = root / "recipe"
-        result = bootstrap(
+        # one Run (one model load) for the recipe and the experiment's own arms
+        run = Run(
             config, folder, data_dir=data_dir, progress=progress, log=log, engine_factory=engine_factory
         )
-        data = {"run": folder.name, **summarize(result)}
-        settings = config.model_dump(mode="json")
-        if spec.kind in ("synergy", "pair_scaling"):
-            run = Run(
-                config, folder, data_dir=data_dir, progress=progress, log=log, engine_factory=engine_factory
-            )
-            try:
+        try:
+            result = bootstrap(config, folder, data_dir=data_dir, progress=progress, log=log, run=run)
+            data = {"run": folder.name, **summarize(result)}
+            if spec.kind in ("synergy", "pair_scaling"):
                 data[spec.kind] = (_synergy if spec.kind == "synergy" else _pair_scaling)(run, spec, result)
-            finally:
-                run.close()
+        finally:
+            run.close()
+        settings = config.model_dump(mode="json")
     out_result = {
         "tinyforge": __version__,
         "experiment": spec.kind,

@@ -536,13 +536,15 @@ def train(run: Run, folder: Path, pairs: list[Pair], fmt: str, lora: LoraConfig 
             "ask for more problems or attempts"
         )
     examples = [(p.prompt(fmt), p.target(fmt)) for p in chosen]
-    name = f"{folder.name}/train"
+    name, adapter = f"{folder.name}/train", folder / "train" / "adapter"
+    if name in run.state["stages"] and (adapter / "adapter_config.json").is_file():
+        return adapter  # finished, maybe on another machine (train.json says where and how)
     with run.stage(name) as info:
         res = train_lora(c.model, examples, folder / "train", lora or c.train, progress=run.progress)
         info.update(
             examples=len(examples), format=fmt, **{k: res[k] for k in ("steps", "final_loss") if k in res}
         )
-    return folder / "train" / "adapter"
+    return adapter
 
 
 def eval_all(
@@ -684,18 +686,23 @@ def bootstrap(
     log: Log = lambda _: None,
     engine_factory: Callable[[str | None], Engine] | None = None,
     stop_after: str = "eval",
+    run: Run | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the whole recipe in ``run_dir``; returns what ``RUN/result.json`` holds.
 
     ``stop_after`` ends the run after that stage (``STAGES``); running again with a later one goes on.
     ``engine_factory(adapter_path_or_None)`` overrides how models are loaded (default: ``make_engine``
-    with the config's model, back-end, dtype and batch size)."""
+    with the config's model, back-end, dtype and batch size). ``run``: an open ``Run`` of this folder and
+    config to work in (its engine stays loaded for the caller, who closes it); by default one is opened
+    and closed here."""
     root = Path(run_dir)
     if stop_after not in STAGES:
         raise RecipeError(f"unknown stage {stop_after!r}; known: {', '.join(STAGES)}")
     check_settings(root, config, _EXTENDING)
     t0 = time.perf_counter()
-    run = Run(config, root, data_dir=data_dir, progress=progress, log=log, engine_factory=engine_factory)
+    own = run is None
+    if run is None:
+        run = Run(config, root, data_dir=data_dir, progress=progress, log=log, engine_factory=engine_factory)
     last = STAGES.index(stop_after)
     before: dict[str, Any] = {}
     rounds: list[dict[str, Any]] = []
@@ -739,7 +746,8 @@ def bootstrap(
         if config.control and rounds:
             ctrl = control(run, rounds[0]["trained_on"], run.state["stages"]["round-1/solve"]["format"])
     finally:
-        run.close()
+        if own:
+            run.close()
     result = {
         "tinyforge": __version__,
         "date": time.strftime("%Y-%m-%d"),

@@ -187,13 +187,12 @@ def lift_plot(points: list[tuple[str, float, float, int]], path: Path, *, title:
     """Lift (after - before, points of pass@1) against the base score, one labelled point per model/eval."""
     fig = _figure()
     ax = fig.add_subplot()
-    for label, base, lift, n in points:
-        ax.scatter([100 * base], [100 * lift])
-        right = base > 0.6  # labels of points on the right go to their left, inside the axes
-        ax.annotate(
-            f"{label} (n={n})", (100 * base, 100 * lift), fontsize=7, xytext=(-4 if right else 4, 4),
-            textcoords="offset points", ha="right" if right else "left",
-        )  # fmt: skip
+    markers = "osD^vP*X"
+    for i, (label, base, lift, n) in enumerate(points):  # a legend, not labels: points may coincide
+        ax.scatter(
+            [100 * base], [100 * lift], marker=markers[i // 10 % len(markers)], label=f"{label} (n={n})"
+        )
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     ax.set_xlim(0, 100)
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("base pass@1 (%)")
@@ -446,12 +445,17 @@ def _demote(markdown: str) -> list[str]:
 
 def _lift_points(results: list[tuple[Path, str, dict[str, Any]]]) -> list[tuple[str, float, float, int]]:
     points = []
-    for _, kind, data in results:
+    for f, kind, data in results:
+        where = f"{f.parent.parent.name}/{f.parent.name}"  # which run: two models' runs may share a model
         runs: list[tuple[str, dict[str, Any]]] = []
         if kind == "bootstrap" and data["rounds"]:
-            runs.append((_model_of(data), data["rounds"][0]["vs_before"]))
+            runs.append((f"{_model_of(data)} [{where}]", data["rounds"][0]["vs_before"]))
         elif kind == "boundary":
-            runs += [(m, r["rounds"][0]["vs_before"]) for m, r in data["models"].items() if r.get("rounds")]
+            runs += [
+                (f"{m} [{f.parent.parent.name}]", r["rounds"][0]["vs_before"])
+                for m, r in data["models"].items()
+                if r.get("rounds")
+            ]
         for model, vs in runs:
             for k, v in vs.items():
                 if v["tasks"]:
