@@ -7,6 +7,7 @@ of 127.0.0.1 with the hub switched off, and kills it at the end. Outputs are kep
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -65,13 +66,12 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def server(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``transformers serve`` pinned to the model, on 127.0.0.1, offline; killed at the end of the session."""
+@contextlib.contextmanager
+def _serve(folder: Path, log: Path) -> Iterator[tuple[Server, subprocess.Popen[bytes]]]:
+    """``transformers serve`` pinned to the model in ``folder``, on 127.0.0.1, offline; killed on exit."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "serve.log"
     cmd = [
-        sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_folder),
+        sys.executable, "-m", "transformers.cli.transformers", "serve", str(folder),
         "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -92,7 +92,7 @@ def server(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             if time.monotonic() > deadline:
                 pytest.fail(f"transformers serve not ready in {STARTUP_S} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.25)
-        yield Server(f"http://127.0.0.1:{port}/v1", str(model_folder), model_folder)
+        yield Server(f"http://127.0.0.1:{port}/v1", str(folder), folder), proc
     finally:
         proc.terminate()
         try:
@@ -100,6 +100,13 @@ def server(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The session's server (see ``_serve``)."""
+    with _serve(model_folder, tmp_path_factory.mktemp("server") / "serve.log") as (srv, _):
+        yield srv
 
 
 @pytest.fixture(scope="session")
@@ -134,6 +141,18 @@ def test_unreachable_server_fails_fast_in_one_line() -> None:
     assert time.monotonic() - start < 10
     assert "\n" not in msg and url in msg and "is the server running?" in msg
     assert "refused" in msg
+
+
+def test_pool_urls_and_a_pool_of_dead_servers() -> None:
+    """Several API roots make one pool (a list, or one string with commas; repeats dropped); when none can
+    be reached, the error is the first one's, in one line."""
+    dead = [f"http://127.0.0.1:{_free_port()}/v1", f"http://127.0.0.1:{_free_port()}/v1/"]
+    with pytest.raises(ModelError) as e:
+        OpenAIEngine(",".join([*dead, dead[0]]), "any", max_retries=0)
+    msg = str(e.value)
+    assert "\n" not in msg and dead[0] in msg and "is the server running?" in msg
+    with pytest.raises(ModelError, match="no server URL"):
+        OpenAIEngine(" , ", "any")
 
 
 # --- against transformers serve ---------------------------------------------------------------------------
@@ -271,3 +290,65 @@ def test_failure_mid_run_keeps_what_came_back(engine: OpenAIEngine, tmp_path: Pa
     msg = str(e.value)
     assert "\n" not in msg and "HTTP 422" in msg and "continue_final_message" in msg
     assert [i for i, _ in got] == [0] and len(cache) == 1
+
+
+# --- a pool of servers ----------------------------------------------------------------------------------
+
+POOL_PROMPTS = [RAW, CHAT, "The capital of France is", "1, 2, 3,", "def add(a, b):", "Once upon a time"]
+
+
+@pytest.fixture(scope="module")
+def server2(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A second server of the same model."""
+    with _serve(model_folder, tmp_path_factory.mktemp("server2") / "serve.log") as (srv, _):
+        yield srv
+
+
+@pytest.mark.slow
+def test_pool_spreads_requests_and_gives_one_servers_results(
+    engine: OpenAIEngine, server: Server, server2: Server, tmp_path: Path
+) -> None:
+    """Two servers of one model: both get requests, the completions are one server's, and the cache key
+    does not name the endpoint (a pool's cache serves a single server and the other way round)."""
+    params = SamplingParams(max_new_tokens=6)
+    pool = OpenAIEngine([server.url, server2.url], server.model, concurrency=1, max_retries=1)
+    assert pool.key() == engine.key()
+    assert pool.generate(POOL_PROMPTS, params) == engine.generate(POOL_PROMPTS, params)
+    stats = pool.stats()
+    assert [s["url"] for s in stats] == [server.url, server2.url]
+    assert all(s["sent"] >= 1 and s["failed"] == 0 for s in stats)
+    assert sum(s["sent"] for s in stats) == len(POOL_PROMPTS)
+
+
+@pytest.mark.slow
+def test_pool_with_an_endpoint_down_from_the_start(engine: OpenAIEngine, server: Server) -> None:
+    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    pool = OpenAIEngine([dead, server.url], server.model, concurrency=1, max_retries=0, revive_s=600)
+    params = SamplingParams(max_new_tokens=4)
+    assert pool.generate(POOL_PROMPTS[:3], params) == engine.generate(POOL_PROMPTS[:3], params)
+    down, up = pool.stats()
+    assert down["down"] and down["failed"] == 1 and down["sent"] == 0 and "cannot reach" in down["last_error"]
+    assert up["sent"] == 3 and not up["down"]
+
+
+@pytest.mark.slow
+def test_pool_loses_an_endpoint_mid_run(
+    engine: OpenAIEngine, server: Server, model_folder: Path, tmp_path: Path
+) -> None:
+    """A server killed after the first completion: its requests go to the other one and every completion
+    arrives, the same as from one server; the lost endpoint is set aside."""
+    params = SamplingParams(max_new_tokens=6)
+    want = engine.generate(POOL_PROMPTS, params)
+    with _serve(model_folder, tmp_path / "serve.log") as (doomed, proc):
+        pool = OpenAIEngine(
+            [server.url, doomed.url], server.model, concurrency=1, max_retries=0, revive_s=600
+        )
+        got: dict[int, Completion] = {}
+        for i, c in pool.run([GenerationRequest(p) for p in POOL_PROMPTS], params):
+            got[i] = c
+            if len(got) == 1:
+                proc.kill()
+                proc.wait()
+    assert [[got[i]] for i in range(len(POOL_PROMPTS))] == want
+    alive, lost = pool.stats()
+    assert lost["down"] and lost["failed"] >= 1 and not alive["down"] and alive["failed"] == 0

@@ -70,13 +70,18 @@ BackendOpt = Annotated[
     str, typer.Option("--backend", help="auto, hf (transformers), vllm, openai (a server).")
 ]
 BaseUrlOpt = Annotated[
-    str | None, typer.Option("--base-url", help="An OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
+    str | None,
+    typer.Option(
+        "--base-url",
+        help="An OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1; several, comma-separated, make a pool.",
+    ),
 ]
 DtypeOpt = Annotated[
     str | None, typer.Option("--dtype", help="float32 or bfloat16 (default: bf16 on GPU, fp32 on CPU).")
 ]
 BatchSizeOpt = Annotated[
-    int | None, typer.Option("--batch-size", help="hf: rows per batch; openai: requests in flight.")
+    int | None,
+    typer.Option("--batch-size", help="hf: rows per batch; openai: requests in flight per server."),
 ]
 CacheDirOpt = Annotated[
     Path | None, typer.Option("--cache-dir", help="Generation cache (default: the user cache).")

@@ -18,12 +18,21 @@ is the same however requests are batched (up to kernel rounding); ``transformers
 global seed, which concurrent requests share, so its seeded samples repeat only with ``concurrency=1``.
 ``transformers serve`` also samples only when the model's ``generation_config.json`` has ``do_sample``
 on: a request's temperature does not turn sampling on, so without it every sample is the greedy one.
+
+Several servers of one model (many ``vllm serve`` processes or hosts) make one engine: give a list of API
+roots (or one string with commas). Each request goes to the live endpoint with the fewest requests in
+flight; one whose request fails for want of the server (connection lost, timeout, HTTP 5xx or 429 after
+the client's retries) is set aside for ``revive_s`` seconds and the request is sent to another, so a lost
+endpoint costs only the time of its requests in flight. The cache key names the model, not the endpoint:
+every endpoint serves (and fills) the same cache.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -37,6 +46,27 @@ __all__ = ["OpenAIEngine"]
 
 # Asks vLLM (and SGLang) to continue a chat's final assistant message instead of answering it.
 CONTINUE_FINAL_MESSAGE = {"continue_final_message": True, "add_generation_prompt": False}
+
+
+@dataclass
+class _Endpoint:
+    """One server of the pool: its client, and what the engine saw of it."""
+
+    url: str
+    client: Any
+    in_flight: int = 0
+    sent: int = 0
+    failed: int = 0
+    down_until: float = 0.0  # time.monotonic() before which it is not sent new requests
+    last_error: str = ""
+
+
+class _Unavailable(Exception):
+    """A request that failed for want of its server (not for what it asked): another endpoint may answer."""
+
+    def __init__(self, error: ModelError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass
@@ -81,7 +111,7 @@ class OpenAIEngine(Engine):
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         model: str,
         api_key: str | None = None,
         concurrency: int = 16,
@@ -89,6 +119,7 @@ class OpenAIEngine(Engine):
         timeout: float = 600.0,
         connect_timeout: float = 10.0,
         revision: str | None = None,
+        revive_s: float = 60.0,
     ) -> None:
         try:
             import openai
@@ -98,38 +129,97 @@ class OpenAIEngine(Engine):
             ) from None
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.base_url = base_url.rstrip("/")
+        urls = _urls(base_url)
+        self.base_url = urls[0]
         self.model, self.revision, self.concurrency, self.timeout = model, revision, concurrency, timeout
-        self.max_retries = max_retries
+        self.max_retries, self.revive_s = max_retries, revive_s
         self._openai = openai
-        self.client = openai.OpenAI(
-            base_url=self.base_url,
-            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
-            max_retries=max_retries,
-            timeout=openai.Timeout(timeout, connect=connect_timeout),
-        )
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.endpoints = [
+            _Endpoint(
+                url,
+                openai.OpenAI(
+                    base_url=url,
+                    api_key=key,
+                    max_retries=max_retries,
+                    timeout=openai.Timeout(timeout, connect=connect_timeout),
+                ),
+            )
+            for url in urls
+        ]
+        self._lock = threading.Lock()
         self._check_model()
 
+    @property
+    def client(self) -> Any:
+        """The first endpoint's ``openai`` client."""
+        return self.endpoints[0].client
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        self.endpoints[0].client = value
+
     def _check_model(self) -> None:
-        """Fail now, in one line, if the server is unreachable or does not serve ``self.model``."""
+        """Fail now, in one line, if no endpoint is reachable or one does not serve ``self.model``; an
+        endpoint that cannot be reached while others can is set aside (it is tried again later)."""
+        unreachable: list[ModelError] = []
+        for ep in self.endpoints:
+            try:
+                self._check_endpoint(ep)
+            except _Unavailable as e:
+                unreachable.append(e.error)
+                self._set_aside(ep, e.error)
+        if len(unreachable) == len(self.endpoints):
+            raise unreachable[0]
+
+    def _check_endpoint(self, ep: _Endpoint) -> None:
         try:
-            page = self.client.with_options(max_retries=min(self.max_retries, 1)).models.list()
+            page = ep.client.with_options(max_retries=min(self.max_retries, 1)).models.list()
             served = [m.id for m in page.data]
         except self._openai.NotFoundError:
-            hint = "" if self.base_url.endswith("/v1") else " (the API root usually ends in /v1)"
+            hint = "" if ep.url.endswith("/v1") else " (the API root usually ends in /v1)"
             raise ModelError(
-                f"{self.base_url}/models is not found (HTTP 404): is {self.base_url} an OpenAI-compatible "
-                f"API root{hint}?"
+                f"{ep.url}/models is not found (HTTP 404): is {ep.url} an OpenAI-compatible API root{hint}?"
             ) from None
         except self._openai.OpenAIError as e:
-            raise self._error(e, "/models") from None
+            raise self._failure(e, ep.url, "/models") from None
         except (AttributeError, TypeError) as e:
-            raise ModelError(f"bad response from {self.base_url}/models: {_one_line(e)}") from None
+            raise ModelError(f"bad response from {ep.url}/models: {_one_line(e)}") from None
         if self.model not in served:
             listed = ", ".join(repr(m) for m in served[:10]) or "nothing"
             raise ModelError(
-                f"{self.base_url} does not serve model {self.model!r}; it serves {listed}: pass one of those"
+                f"{ep.url} does not serve model {self.model!r}; it serves {listed}: pass one of those"
             )
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Per endpoint: its URL, requests sent, requests that failed for want of it, whether it is set aside
+        now, and its last such error."""
+        now = time.monotonic()
+        with self._lock:
+            return [
+                {"url": e.url, "sent": e.sent, "failed": e.failed, "down": e.down_until > now,
+                 "last_error": e.last_error}
+                for e in self.endpoints
+            ]  # fmt: skip
+
+    def _set_aside(self, ep: _Endpoint, error: ModelError) -> None:
+        with self._lock:
+            ep.failed += 1
+            ep.down_until = time.monotonic() + self.revive_s
+            ep.last_error = str(error)
+
+    def _pick(self, tried: set[int]) -> _Endpoint | None:
+        """The endpoint for a request's next try: a live one with the fewest requests in flight (then the
+        fewest sent); one set aside only when no live one is left; None when every one was tried."""
+        now = time.monotonic()
+        with self._lock:
+            fresh = [e for i, e in enumerate(self.endpoints) if i not in tried]
+            if not fresh:
+                return None
+            ep = min(fresh, key=lambda e: (e.down_until > now, e.in_flight, e.sent))
+            ep.in_flight += 1
+            ep.sent += 1
+            return ep
 
     def key(self) -> dict[str, Any]:
         return {"server_model": self.model, "revision": self.revision}
@@ -150,7 +240,7 @@ class OpenAIEngine(Engine):
     ) -> Iterator[tuple[int, Completion]]:
         """Send one request per distinct sample (a greedy prompt once) and yield completions as they come.
 
-        At most ``concurrency`` requests are in flight and none wait in a queue, so after a failure nothing
+        At most ``concurrency`` requests per endpoint are in flight and none wait in a queue, so after a failure nothing
         more is sent: the requests in flight are waited for and their completions yielded, then the first
         error is raised as a ``ModelError``.
         """
@@ -161,12 +251,13 @@ class OpenAIEngine(Engine):
             job = jobs.setdefault((isinstance(r.prompt, str), text, seed), _Job(r.prompt, text, seed))
             job.positions.append(i)
         todo = iter(jobs.values())
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="tinyforge-openai")
+        slots = self.concurrency * len(self.endpoints)
+        pool = ThreadPoolExecutor(slots, thread_name_prefix="tinyforge-openai")
         running: dict[Future[Completion], _Job] = {}
         error: ModelError | None = None
         try:
             while True:
-                while error is None and len(running) < self.concurrency:
+                while error is None and len(running) < slots:
                     job = next(todo, None)
                     if job is None:
                         break
@@ -190,7 +281,27 @@ class OpenAIEngine(Engine):
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _complete(self, job: _Job, params: SamplingParams) -> Completion:
-        """One sample: the request, its errors as ``ModelError``, and the response as a ``Completion``."""
+        """One sample from the pool: tried on each endpoint in turn while they fail for want of a server."""
+        tried: set[int] = set()
+        last: ModelError | None = None
+        while (ep := self._pick(tried)) is not None:
+            tried.add(self.endpoints.index(ep))
+            try:
+                return self._send(ep, job, params)
+            except _Unavailable as e:
+                last = e.error
+                self._set_aside(ep, e.error)
+            finally:
+                with self._lock:
+                    ep.in_flight -= 1
+        assert last is not None
+        if len(self.endpoints) == 1:
+            raise last
+        raise ModelError(f"every endpoint failed; the last: {last}")
+
+    def _send(self, ep: _Endpoint, job: _Job, params: SamplingParams) -> Completion:
+        """One sample from endpoint ``ep``: the request, its errors as ``ModelError`` (``_Unavailable`` when
+        the server is the cause), and the response as a ``Completion``."""
         chat = not isinstance(job.prompt, str)
         endpoint = "/chat/completions" if chat else "/completions"
         kwargs: dict[str, Any] = {
@@ -208,17 +319,22 @@ class OpenAIEngine(Engine):
         try:
             if chat:
                 extra = {"extra_body": CONTINUE_FINAL_MESSAGE} if continues else {}
-                response = self.client.chat.completions.create(messages=job.prompt, **kwargs, **extra)
+                response = ep.client.chat.completions.create(messages=job.prompt, **kwargs, **extra)
             else:
-                response = self.client.completions.create(prompt=job.prompt, **kwargs)
+                response = ep.client.completions.create(prompt=job.prompt, **kwargs)
         except self._openai.OpenAIError as e:
-            error = self._error(e, endpoint)
-            if continues and isinstance(e, self._openai.APIStatusError) and 400 <= e.status_code < 500:
-                error = ModelError(
-                    f"{error} (the chat ends with an assistant message, which is continued with vLLM's "
+            failure = self._failure(e, ep.url, endpoint)
+            if (
+                continues
+                and isinstance(failure, ModelError)
+                and isinstance(e, self._openai.APIStatusError)
+                and 400 <= e.status_code < 500
+            ):
+                failure = ModelError(
+                    f"{failure} (the chat ends with an assistant message, which is continued with vLLM's "
                     f"continue_final_message; this server may not support it)"
                 )
-            raise error from None
+            raise failure from None
         try:
             choice = response.choices[0]
             text = choice.message.content if chat else choice.text
@@ -230,16 +346,25 @@ class OpenAIEngine(Engine):
             prompt_tokens = int(usage.prompt_tokens) if usage is not None else 0
             completion_tokens = int(usage.completion_tokens) if usage is not None else 0
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
-            raise ModelError(f"bad response from {self.base_url}{endpoint}: {_one_line(e)}") from None
+            raise ModelError(f"bad response from {ep.url}{endpoint}: {_one_line(e)}") from None
         # Servers differ on stop strings (some keep the one that matched), so we cut here too.
         cut = cut_at_stop(text, params.stop)
         finish = "length" if choice.finish_reason == "length" and len(cut) == len(text) else "stop"
         return Completion(cut, prompt_tokens, completion_tokens, finish)
 
-    def _error(self, e: Exception, endpoint: str) -> ModelError:
+    def _failure(self, e: Exception, url: str, endpoint: str) -> ModelError | _Unavailable:
+        """``_error``, wrapped in ``_Unavailable`` when the server rather than the request is the cause
+        (unreachable, timed out, HTTP 5xx or 429 after the client's retries)."""
+        error = self._error(e, url, endpoint)
+        oa = self._openai
+        down = isinstance(e, (oa.APIConnectionError, oa.InternalServerError, oa.RateLimitError)) or (
+            isinstance(e, oa.APIStatusError) and e.status_code >= 500
+        )
+        return _Unavailable(error) if down else error
+
+    def _error(self, e: Exception, url: str, endpoint: str) -> ModelError:
         """A ``ModelError`` of one line for an ``openai`` exception: what went wrong where, and what to do."""
         oa = self._openai
-        url = self.base_url
         if isinstance(e, oa.APITimeoutError):
             return ModelError(
                 f"{url}{endpoint} did not answer within {self.timeout:g} s: is the server overloaded? "
@@ -254,6 +379,15 @@ class OpenAIEngine(Engine):
         if isinstance(e, oa.APIStatusError):
             return ModelError(f"{url}{endpoint} answered HTTP {e.status_code}: {_detail(e)}")
         return ModelError(f"bad response from {url}{endpoint}: {_one_line(e)}")
+
+
+def _urls(base_url: str | Sequence[str]) -> list[str]:
+    """API roots from one URL, a comma-separated string of them, or a list; in order, without repeats."""
+    parts = base_url.split(",") if isinstance(base_url, str) else list(base_url)
+    urls = list(dict.fromkeys(u.strip().rstrip("/") for u in parts if u.strip()))
+    if not urls:
+        raise ModelError("no server URL given (e.g. http://127.0.0.1:8000/v1)")
+    return urls
 
 
 def _one_line(x: object, limit: int = 300) -> str:
