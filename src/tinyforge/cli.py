@@ -161,7 +161,7 @@ def score(
     from tinyforge.data import DataError, get_benchmark
     from tinyforge.evaluate.score import ScoreError, read_samples, write_results
     from tinyforge.evaluate.score import score as score_samples
-    from tinyforge.sandbox import SandboxPool
+    from tinyforge.sandbox import make_pool
 
     try:
         name = get_benchmark(bench).name
@@ -169,7 +169,7 @@ def score(
         if not recs:
             fail(f"{samples}: no samples")
         originals = [dict(r) for r in recs]
-        with SandboxPool(workers) as pool, progress_bars() as bars:
+        with make_pool(workers) as pool, progress_bars() as bars:
             summary, results = score_samples(name, recs, data_dir=data_dir, pool=pool, progress=bars)
         summary["samples_file"] = str(samples)
         path = write_results(out, summary, results, originals)

@@ -100,7 +100,7 @@ from tinyforge.recipe import (
     write_json,
     write_jsonl,
 )
-from tinyforge.sandbox import IOJob, IOResult, SandboxPool, then
+from tinyforge.sandbox import IOJob, IOResult, Pool, then
 from tinyforge.train.lora import LoraConfig, train_lora
 
 __all__ = [
@@ -462,7 +462,7 @@ def question_key(question: str) -> str:
 
 
 def check_problems(
-    texts: Sequence[str], pool: SandboxPool, timeout: float = 5.0, metas: Sequence[dict[str, Any]] = ()
+    texts: Sequence[str], pool: Pool, timeout: float = 5.0, metas: Sequence[dict[str, Any]] = ()
 ) -> list[MathProblem | Rejection]:
     """Each model answer parsed and its ``solution()`` run once in the sandbox: a problem with the answer
     it computes, or a rejection (malformed, error, timeout, non_numeric). Duplicates are the caller's."""

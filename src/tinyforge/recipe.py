@@ -49,7 +49,7 @@ from tinyforge.generate.cache import CachedEngine, GenerationCache
 from tinyforge.mine.pairs import Pair, mine_pairs, pair_stats, select_pairs
 from tinyforge.mine.problems import Problem, Rejection, dedupe, parse_problem, problem_prompt, verify_problems
 from tinyforge.mine.solve import FORMAT_ONLY, Attempt, solve
-from tinyforge.sandbox import SandboxPool
+from tinyforge.sandbox import make_pool
 from tinyforge.train.lora import LoraConfig, train_lora
 
 __all__ = [
@@ -255,7 +255,7 @@ class Run:
     ) -> None:
         self.config, self.root, self.data_dir, self.progress, self.log = config, root, data_dir, progress, log
         self.cache = GenerationCache(root / "cache")
-        self.pool = SandboxPool(config.workers)
+        self.pool = make_pool(config.workers)
         self._factory = engine_factory or self._make_engine
         self._base: Engine | None = None  # the base model, loaded once for the whole run
         self._tuned: tuple[str, Engine] | None = None  # the model with the adapter last asked for

@@ -552,7 +552,66 @@ def _nproc_limit(max_procs: int) -> int:
     return mine + max_procs
 
 
-class SandboxPool:
+class Pool:
+    """What every sandbox pool offers on top of its ``run`` and ``submit``: typed helpers and ordered maps."""
+
+    workers: int
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def run(self, job: Job) -> Verdict | IOResult:
+        raise NotImplementedError
+
+    def submit(self, job: Job) -> Future[Verdict | IOResult]:
+        raise NotImplementedError
+
+    def run_tests(self, solution: str, tests: str, timeout: float = 10.0, *, guard: bool = True) -> Verdict:
+        v = self.run(TestJob(solution, tests, timeout, guard))
+        assert isinstance(v, Verdict)
+        return v
+
+    def run_io(
+        self,
+        solution: str,
+        entry_point: str,
+        inputs: Sequence[Sequence[Any]],
+        time_limits: Sequence[float],
+        timeout: float = 60.0,
+        stop_on_error: bool = True,
+    ) -> IOResult:
+        r = self.run(IOJob(solution, entry_point, inputs, time_limits, timeout, stop_on_error))
+        assert isinstance(r, IOResult)
+        return r
+
+    def imap(self, jobs: Iterable[Job]) -> Iterator[Verdict | IOResult]:
+        """Results in input order, computed on all workers; a generator, so callers can show progress."""
+        window: collections.deque = collections.deque()
+        for job in jobs:
+            window.append(self.submit(job))
+            if len(window) >= 4 * self.workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+    def map(
+        self, jobs: Iterable[Job], progress: Callable[[int], None] | None = None
+    ) -> list[Verdict | IOResult]:
+        out = []
+        for r in self.imap(jobs):
+            out.append(r)
+            if progress:
+                progress(1)
+        return out
+
+
+class SandboxPool(Pool):
     """A pool of warm sandboxes, one job per worker at a time; thread-safe.
 
     >>> with SandboxPool(workers=2) as pool:
@@ -585,12 +644,6 @@ class SandboxPool:
         # with that thread.
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="tinyforge-sandbox-spawn")
         self._runner = ThreadPoolExecutor(self.workers, thread_name_prefix="tinyforge-sandbox")
-
-    def __enter__(self) -> SandboxPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _acquire(self) -> _Worker:
         self._slots.acquire()
@@ -633,48 +686,10 @@ class SandboxPool:
             return _io_result(res)
         return Verdict(res["status"], res.get("detail", ""), res.get("duration", 0.0), res.get("output", ""))
 
-    def run_tests(self, solution: str, tests: str, timeout: float = 10.0, *, guard: bool = True) -> Verdict:
-        v = self.run(TestJob(solution, tests, timeout, guard))
-        assert isinstance(v, Verdict)
-        return v
-
-    def run_io(
-        self,
-        solution: str,
-        entry_point: str,
-        inputs: Sequence[Sequence[Any]],
-        time_limits: Sequence[float],
-        timeout: float = 60.0,
-        stop_on_error: bool = True,
-    ) -> IOResult:
-        r = self.run(IOJob(solution, entry_point, inputs, time_limits, timeout, stop_on_error))
-        assert isinstance(r, IOResult)
-        return r
-
     def submit(self, job: Job) -> Future[Verdict | IOResult]:
         """Run ``job`` on the next free worker; jobs wait in a queue (first in, first out) while all are busy.
         For callers that check work as it is produced (``tinyforge eval`` verifies while the model writes)."""
         return self._runner.submit(self.run, job)
-
-    def imap(self, jobs: Iterable[Job]) -> Iterator[Verdict | IOResult]:
-        """Results in input order, computed on all workers; a generator, so callers can show progress."""
-        window: collections.deque = collections.deque()
-        for job in jobs:
-            window.append(self.submit(job))
-            if len(window) >= 4 * self.workers:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
-
-    def map(
-        self, jobs: Iterable[Job], progress: Callable[[int], None] | None = None
-    ) -> list[Verdict | IOResult]:
-        out = []
-        for r in self.imap(jobs):
-            out.append(r)
-            if progress:
-                progress(1)
-        return out
 
     def close(self) -> None:
         with self._lock:
@@ -687,6 +702,100 @@ class SandboxPool:
             w.close(deadline)
         self._runner.shutdown(wait=False, cancel_futures=True)
         self._spawner.shutdown(wait=False)
+
+
+RAY_ADDRESS_ENV = "TINYFORGE_RAY_ADDRESS"
+
+
+class RayPool(Pool):
+    """The sandbox pool on a Ray cluster: each job is a Ray task (one CPU) that runs in a warm sandbox of the
+    Ray worker process it lands on, the same ``SandboxPool`` code with one worker, so a verdict does not
+    depend on where it was computed. Every node needs tinyforge (and bubblewrap, for the namespace layer)
+    installed like the driver.
+
+    ``address`` is what ``ray.init(address=...)`` takes (``auto`` for the cluster this machine is part of,
+    ``HOST:PORT`` of a head node, ``ray://HOST:10001`` for Ray Client); if this process is already connected
+    to Ray, that connection is used. ``workers`` sizes the in-order window of ``imap`` (default: the
+    cluster's CPUs); Ray itself queues and places the tasks."""
+
+    def __init__(
+        self,
+        address: str,
+        workers: int | None = None,
+        limits: Limits | None = None,
+        *,
+        namespaces: bool | None = None,
+    ) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError(
+                f"a Ray cluster was given ({address}) but ray is not installed: pip install 'tinyforge[ray]'"
+            ) from None
+        self._ray = ray
+        self._connected_here = not ray.is_initialized()
+        if self._connected_here:
+            _probe_ray(address)  # ray.init retries an address where nothing listens for minutes
+            try:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                msg = " ".join(str(e).split())[:300]
+                raise RuntimeError(f"cannot connect to the Ray cluster at {address}: {msg}") from None
+        self.address = address
+        self.workers = max(1, workers or int(ray.cluster_resources().get("CPU", 1)))
+        self.limits = limits or Limits()
+        self.namespaces = namespaces
+        self._task = ray.remote(num_cpus=1, max_retries=0)(_ray_job)
+
+    def submit(self, job: Job) -> Future[Verdict | IOResult]:
+        """Send ``job`` to the cluster; the future is done when its verdict is back."""
+        return self._task.remote(job, self.limits, self.namespaces).future()
+
+    def run(self, job: Job) -> Verdict | IOResult:
+        return self.submit(job).result()
+
+    def close(self) -> None:
+        """Disconnect from the cluster if this pool connected (the cluster and its warm sandboxes stay)."""
+        if self._connected_here and self._ray.is_initialized():
+            self._ray.shutdown()
+            self._connected_here = False
+
+
+def _probe_ray(address: str, timeout: float = 5.0) -> None:
+    """A one-line error now if ``address`` names a host and port where nothing answers."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local": ray.init finds (or fails to find) the cluster itself, quickly
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        reason = (e.strerror or type(e).__name__).lower()
+        raise RuntimeError(f"cannot connect to the Ray cluster at {address}: {reason}") from None
+
+
+_node_pools: dict[tuple[Limits, bool | None], SandboxPool] = {}
+
+
+def _ray_job(job: Job, limits: Limits, namespaces: bool | None) -> Verdict | IOResult:
+    """A Ray task: ``job`` in this Ray worker process's warm sandbox (started on its first job)."""
+    pool = _node_pools.get((limits, namespaces))
+    if pool is None:
+        pool = _node_pools[(limits, namespaces)] = SandboxPool(1, limits, namespaces=namespaces)
+        atexit.register(pool.close)
+    return pool.run(job)
+
+
+def make_pool(
+    workers: int | None = None, limits: Limits | None = None, *, ray_address: str | None = None
+) -> Pool:
+    """The sandbox pool for a run: on the Ray cluster at ``ray_address`` (default: ``$TINYFORGE_RAY_ADDRESS``)
+    when one is given, else a local ``SandboxPool`` of ``workers`` processes."""
+    address = ray_address or os.environ.get(RAY_ADDRESS_ENV) or None
+    if address:
+        return RayPool(address, workers, limits)
+    return SandboxPool(workers, limits)
 
 
 def _io_records(res: dict) -> tuple[list[dict], str, str]:

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from tinyforge.sandbox import IOJob, IOResult, SandboxPool, then
+from tinyforge.sandbox import IOJob, IOResult, Pool, then
 
 __all__ = ["GRADER", "Grade", "MathGradeError", "MathGrader", "gold_latex"]
 
@@ -109,7 +109,7 @@ class MathGrader:
 
     ``timeout`` bounds one grade (extraction and every comparison) in seconds of wall clock."""
 
-    def __init__(self, pool: SandboxPool, timeout: float = 10.0) -> None:
+    def __init__(self, pool: Pool, timeout: float = 10.0) -> None:
         self.pool = pool
         self.timeout = timeout
         self._checked = False

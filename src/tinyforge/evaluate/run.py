@@ -30,7 +30,7 @@ from tinyforge.evaluate.score import SampleResult, ScoreError, make_scorer, writ
 from tinyforge.generate.base import Engine, GenerationRequest, SamplingParams
 from tinyforge.generate.cache import CachedEngine, GenerationCache
 from tinyforge.generate.prompts import FORMATS, MATH_FORMATS, math_shots, task_prompt, task_stops, to_program
-from tinyforge.sandbox import Limits, SandboxPool
+from tinyforge.sandbox import Limits, Pool, make_pool
 
 __all__ = ["check_format", "default_cache_dir", "eval_pool", "evaluate", "resolve_format"]
 
@@ -42,11 +42,11 @@ def default_cache_dir() -> Path:
     return data_cache_dir() / "generations"
 
 
-def eval_pool(workers: int | None = None) -> SandboxPool:
+def eval_pool(workers: int | None = None) -> Pool:
     """The sandbox pool of an eval. Verdicts do not depend on CPU priority (time limits are seconds of wall
     clock, far above what a solution needs), so jobs run niced: the CPU side of generation (scheduling,
     detokenizing) goes first."""
-    return SandboxPool(workers, Limits(nice=10))
+    return make_pool(workers, Limits(nice=10))
 
 
 def check_format(fmt: str, kind: str = "code") -> str:
@@ -79,7 +79,7 @@ def evaluate(
     cache_dir: str | os.PathLike[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     workers: int | None = None,
-    pool: SandboxPool | None = None,
+    pool: Pool | None = None,
     progress: Progress | None = None,
     meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from tinyforge.evaluate.compare import (
 )
 from tinyforge.evaluate.mathgrade import Grade, MathGrader
 from tinyforge.evaluate.metrics import pass_at_k_table
-from tinyforge.sandbox import Digest, IOJob, IOResult, SandboxPool, TestJob, Verdict, capabilities, then
+from tinyforge.sandbox import Digest, IOJob, IOResult, Pool, TestJob, Verdict, capabilities, make_pool, then
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _decode_out(o: dict[str, Any]) -> Any:
 def expected_outputs(
     bench: str,
     tasks: Sequence[CodeTask],
-    pool: SandboxPool,
+    pool: Pool,
     data_dir: str | os.PathLike[str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Expected]:
@@ -318,7 +318,7 @@ class Scorer:
     def __init__(
         self,
         bench: str,
-        pool: SandboxPool,
+        pool: Pool,
         *,
         tasks: Sequence[CodeTask] | None = None,
         need: Iterable[str] | None = None,
@@ -380,7 +380,7 @@ class MathScorer(Scorer):
     def __init__(
         self,
         bench: str,
-        pool: SandboxPool,
+        pool: Pool,
         *,
         tasks: Sequence[MathTask] | None = None,
         data_dir: str | os.PathLike[str] | None = None,
@@ -409,7 +409,7 @@ class MathScorer(Scorer):
 
 def make_scorer(
     bench: str,
-    pool: SandboxPool,
+    pool: Pool,
     *,
     tasks: Sequence[Any] | None = None,
     need: Iterable[str] | None = None,
@@ -434,7 +434,7 @@ def score(
     samples: list[dict[str, Any]],
     *,
     data_dir: str | os.PathLike[str] | None = None,
-    pool: SandboxPool | None = None,
+    pool: Pool | None = None,
     tasks: Sequence[CodeTask] | None = None,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
 ) -> tuple[dict[str, Any], list[SampleResult]]:
@@ -443,7 +443,7 @@ def score(
     `tasks` restricts scoring to a subset (default: every task of the benchmark); tasks with no sample
     count as failed, with a warning."""
     own_pool = pool is None
-    pool = pool or SandboxPool()
+    pool = pool or make_pool()
     try:
         name = get_benchmark(bench).name
         all_tasks = tasks if tasks is not None else load_benchmark(name, data_dir)

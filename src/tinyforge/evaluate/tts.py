@@ -32,7 +32,7 @@ from typing import Any
 from tinyforge.data import get_benchmark
 from tinyforge.evaluate.metrics import pass_at_k, wilson_interval
 from tinyforge.generate.base import Engine, SamplingParams
-from tinyforge.sandbox import SandboxPool
+from tinyforge.sandbox import Pool
 
 __all__ = [
     "Sample",
@@ -297,7 +297,7 @@ def sweep(
     cache_dir: str | os.PathLike[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     workers: int | None = None,
-    pool: SandboxPool | None = None,
+    pool: Pool | None = None,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     meta: dict[str, Any] | None = None,
     label: str = "",

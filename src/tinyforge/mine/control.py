@@ -45,7 +45,7 @@ from tinyforge.mine.pairs import Pair, error_text
 from tinyforge.mine.problems import Problem
 from tinyforge.mine.seeded import Skipped, seeded_problems
 from tinyforge.mine.solve import classify
-from tinyforge.sandbox import SandboxPool, TestJob, Verdict
+from tinyforge.sandbox import Pool, TestJob, Verdict
 
 __all__ = ["MUTATIONS", "FAILING", "control_pairs", "corrupt"]
 
@@ -447,7 +447,7 @@ def _pair(p: Problem, kind: str, mutant: str, v: Verdict, source: str, seed: int
 
 def control_pairs(
     tasks: Sequence[CodeTask],
-    pool: SandboxPool,
+    pool: Pool,
     *,
     n_pairs: int | None = None,
     per_task: int = 1,

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from tinyforge.data.code import CodeTask
 from tinyforge.generate.sanitize import code_blocks, longest_parsable_prefix
-from tinyforge.sandbox import SandboxPool, TestJob
+from tinyforge.sandbox import Pool, TestJob
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -340,7 +340,7 @@ def dedupe(problems: Sequence[Problem], near: float = 0.9) -> tuple[list[Problem
 
 
 def verify_problems(
-    problems: Sequence[Problem], pool: SandboxPool, timeout: float = 5.0
+    problems: Sequence[Problem], pool: Pool, timeout: float = 5.0
 ) -> list[Problem | Rejection]:
     """Each problem's own solution against its own tests, in the sandbox: the problem, or ``unverified``
     with the sandbox's status and detail."""

@@ -20,7 +20,7 @@ from tinyforge.generate.base import Completion, Engine, GenerationRequest, Sampl
 from tinyforge.generate.prompts import code_prompt, stops, to_program
 from tinyforge.generate.sanitize import is_stub
 from tinyforge.mine.problems import Problem
-from tinyforge.sandbox import SandboxPool, TestJob, Verdict
+from tinyforge.sandbox import Pool, TestJob, Verdict
 
 __all__ = [
     "FAILURE_CLASSES",
@@ -147,7 +147,7 @@ def solve(
     problems: Sequence[Problem],
     engine: Engine,
     params: SamplingParams,
-    pool: SandboxPool,
+    pool: Pool,
     fmt: str,
     *,
     timeout: float = 5.0,
