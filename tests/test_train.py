@@ -7,6 +7,7 @@ cache), which loads in a second where the GGUF file takes ~15 s; one run trains 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -163,6 +164,27 @@ def test_no_examples_is_an_error(tmp_path: Path) -> None:
         train_lora(SMOL, [], tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("", "no examples"),
+        ("not json\n", "bad.jsonl:1: not JSON"),
+        ('{"prompt": "p", "completion": "c"}\n{"prompt": 3, "completion": "c"}\n', "bad.jsonl:2: want"),
+        ('{"prompt": [{"content": "no role"}], "completion": "c"}\n', "bad.jsonl:1: want"),
+    ],
+)
+def test_train_command_bad_examples_are_one_line_errors(tmp_path: Path, text: str, match: str) -> None:
+    from typer.testing import CliRunner
+
+    from tinyforge.cli import app
+
+    (tmp_path / "bad.jsonl").write_text(text)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "bad.jsonl"), "--model", SMOL, "--out", str(out)])
+    assert r.exit_code == 2 and match in r.output and len(r.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_examples_all_too_long_is_an_error(smol: ModelRef, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="longer than max_len=8"):
@@ -251,3 +273,48 @@ def test_finished_run_returns_at_once(
     assert train_lora(SMOL, EXAMPLES[:2], tmp_path, config.model_copy(update={"save_every": 1})) == res
     with pytest.raises(ValueError, match="holds a finished run"):
         train_lora(SMOL, EXAMPLES[:2], tmp_path, config.model_copy(update={"lr": 2e-4}))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_single_process_adapter(
+    smol: ModelRef, trained: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """`torchrun` (what `accelerate launch --multi_gpu` runs; accelerate's own multi-CPU launch needs MPI)
+    with 2 CPU processes (gloo) and `tinyforge train`: each process takes every other micro-batch, the
+    gradients are summed, and the adapter is the one process's (dropout on: each micro-batch seeds its
+    own), up to floating-point rounding."""
+    import yaml
+
+    (tmp_path / "examples.jsonl").write_text(
+        "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in EXAMPLES)
+    )
+    (tmp_path / "lora.yaml").write_text(yaml.safe_dump(CONFIG.model_dump()))
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+        "-m", "tinyforge.cli", "train", str(tmp_path / "examples.jsonl"), "--model", smol.path,
+        "--out", str(out), "--config", str(tmp_path / "lora.yaml"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((out / "train.json").read_text())
+    reference = trained[1]
+    assert result["processes"] == 2 and result["steps"] == reference["steps"] == 6
+    assert result["used"] == reference["used"] and result["target_tokens"] == reference["target_tokens"]
+    assert result["losses"] == pytest.approx(reference["losses"], rel=1e-4)
+    ours, theirs = adapter_weights(out), adapter_weights(trained[0])
+    assert ours.keys() == theirs.keys() and ours
+    worst = max(float((ours[k] - theirs[k]).abs().max()) for k in ours)
+    assert worst < 1e-5, worst
+    assert any(float(theirs[k].abs().max()) > 1e-3 for k in theirs)  # it did learn something
+    assert not (out / "checkpoint").exists()

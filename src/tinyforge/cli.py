@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -494,6 +495,38 @@ def selfcorrect(
         ),
         out,
     )
+
+
+@app.command()
+def train(
+    examples: Annotated[
+        Path, typer.Argument(help='JSONL: one {"prompt": text or chat messages, "completion": text} a line.')
+    ],
+    model: Annotated[str, typer.Option("--model", help="The base model (as for eval).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for adapter/ and train.json (rerun to resume).")],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="LoRA settings (YAML; the paper's defaults otherwise).")
+    ] = None,
+) -> None:
+    """Train a LoRA on (prompt, completion) examples, the loss on the completion only. Under `accelerate
+    launch` or `torchrun` (`accelerate launch -m tinyforge.cli train ...`) every process takes its share of
+    each step's micro-batches and the adapter is the single process's (docs/scaling.md)."""
+    from tinyforge.recipe import RecipeError, load_settings
+    from tinyforge.train.lora import LoraConfig, read_examples, train_lora
+
+    try:
+        settings = load_settings(LoraConfig, "lora", config, {})
+        data = read_examples(examples)
+    except (RecipeError, ValueError) as e:
+        fail(str(e))
+    lead = os.environ.get("RANK", "0") == "0"  # one process draws the bar and prints
+    with progress_bars() as bars:
+        result = train_lora(model, data, out, settings, progress=bars if lead else None)
+    if lead:
+        console.print(
+            f"{result['steps']} steps on {result['used']} examples ({result['processes']} process(es)), "
+            f"final loss {result['final_loss']:.4f}: wrote {out / 'adapter'} and {out / 'train.json'}"
+        )
 
 
 @app.command()

@@ -30,8 +30,8 @@ accumulate fewer micro-batches. Data order: one ``torch.Generator`` seeded with 
 permutation per epoch, up front.
 
 Resuming. Every ``save_every`` optimizer steps the state is written to ``out_dir/checkpoint/step-NNNNNNNN``
-(the trainable weights, AdamW and scheduler state, the step, its epoch, torch's RNG states for LoRA
-dropout, the losses so far; plus a peft ``adapter`` folder for evaluating mid-run). A checkpoint is written
+(the trainable weights, AdamW and scheduler state, the step, its epoch, the losses so far (dropout needs
+no saved state: each micro-batch seeds its own); plus a peft ``adapter`` folder for evaluating mid-run). A checkpoint is written
 under a hidden temporary name and renamed into place, so a ``step-*`` folder that is there is complete; the
 newest one is loaded and older ones are removed once it is in place. Running ``train_lora`` again with the
 same arguments continues from it and ends with the same adapter as an uninterrupted run (bit-identical on
@@ -40,6 +40,16 @@ fingerprint (settings other than ``save_every``, model, dtype, examples) differs
 silently discarded or mixed: delete it, or train into another folder. A finished run (``train.json`` with
 the same fingerprint, written after the adapter) is returned at once; the checkpoints are removed when it
 is written. The model's memory is freed before returning, for the stage that loads an engine next.
+
+Several processes. Launched by ``accelerate launch`` or ``torchrun`` (``python -m tinyforge.train.lora``,
+see ``main``), each process (rank) loads the model on its own device and runs the same plan, taking the
+micro-batches ``rank, rank + world, ...`` of every optimizer step; the gradients are summed over the ranks
+(an all-reduce of the LoRA weights' gradients: few, and small), every rank takes the same AdamW step, and
+rank 0 writes checkpoints, the adapter and ``train.json``. The loss of a micro-batch is normalised by the
+whole window's target tokens, and the LoRA dropout of micro-batch k of step s draws from a generator seeded
+by (seed, s, k), so the adapter is the single process's whatever the number of processes, up to the order
+of floating-point sums. This is data parallelism over the LoRA's gradients (DDP's all-reduce without its
+bucketing): every rank holds the whole base model.
 """
 
 from __future__ import annotations
@@ -58,13 +68,14 @@ from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from tinyforge.generate.base import LocalEngine, Prompt, free_memory
 from tinyforge.generate.models import ModelRef, load_model, resolve_model
 
-__all__ = ["Example", "LoraConfig", "collate", "encode_example", "end_ids", "train_lora"]
+__all__ = ["Example", "LoraConfig", "collate", "encode_example", "end_ids", "read_examples", "train_lora"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +170,33 @@ def encode_example(
     return {"input_ids": prompt_ids + target, "labels": [IGNORE] * len(prompt_ids) + target}
 
 
+def read_examples(path: str | os.PathLike[str]) -> list[Example]:
+    """(prompt, completion) examples from a JSONL file of ``{"prompt": ..., "completion": ...}`` objects (a
+    prompt is raw text or a list of chat messages); a ``ValueError`` of one line naming the bad line."""
+    out: list[Example] = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            raise ValueError(f"{path}:{n}: not JSON") from None
+        prompt, completion = (
+            (rec.get("prompt"), rec.get("completion")) if isinstance(rec, dict) else (None, None)
+        )
+        chat = isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt)
+        if not (isinstance(prompt, str) or chat) or not isinstance(completion, str):
+            raise ValueError(f'{path}:{n}: want {{"prompt": text or chat messages, "completion": text}}')
+        out.append((prompt, completion))
+    if not out:
+        raise ValueError(f"{path}: no examples")
+    return out
+
+
 def collate(batch: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch: ``input_ids`` with ``pad_id``, ``labels`` with -100, ``attention_mask`` 0."""
     width = max(len(b["input_ids"]) for b in batch)
@@ -193,8 +231,15 @@ def train_lora(
         raise ValueError("no examples to train on")
     out = Path(out_dir)
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
+    rank, world, local_rank = _world()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = config.dtype or ("bfloat16" if device == "cuda" else "float32")
+    if world > 1 and device == "cuda":
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(local_rank)
+    own_group = world > 1 and not dist.is_initialized()
+    if own_group:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     fingerprint = _fingerprint(config, ref, dtype, pairs)
     if (out / "train.json").is_file():
         done = json.loads((out / "train.json").read_text(encoding="utf-8"))
@@ -249,9 +294,6 @@ def train_lora(
                 named[name].copy_(tensor)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        if device == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         run = state["run"]
         log.info("resuming %s from step %d of %d", out, run["step"], len(plan))
     resumed_from = run["step"]
@@ -264,12 +306,15 @@ def train_lora(
     start = time.monotonic()
     for step in range(resumed_from, len(plan)):
         epoch, micro = plan[step]
-        batches = [collate([data[i] for i in m], pad_id) for m in micro]
-        # Targets: the label of position t is the token at t + 1; prompt and padding are IGNORE.
-        n_target = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
-        step_loss = 0.0
-        for b in batches:
-            b = {k: v.to(device) for k, v in b.items()}
+        # Targets: the label of position t is the token at t + 1; prompt and padding are IGNORE. The count
+        # is the whole window's, on every rank (from the plan, no communication).
+        n_target = sum(_n_target(data[i]) for m in micro for i in m)
+        step_loss, tokens = 0.0, 0
+        for k, m in enumerate(micro):
+            if k % world != rank:
+                continue  # another rank's micro-batch
+            b = {key: v.to(device) for key, v in collate([data[i] for i in m], pad_id).items()}
+            torch.manual_seed(_micro_seed(config.seed, step, k))  # LoRA dropout: the same on any layout
             logits = net(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
             loss = F.cross_entropy(
                 logits[:, :-1].flatten(0, 1).float(),
@@ -279,7 +324,10 @@ def train_lora(
             ) / max(n_target, 1)  # the mean over the window's target tokens, once all are summed
             loss.backward()
             step_loss += loss.item()
-            run["tokens"] += int(b["attention_mask"].sum())
+            tokens += int(b["attention_mask"].sum())
+        if world > 1:
+            step_loss, tokens = _sum_over_ranks(params, step_loss, tokens, device)
+        run["tokens"] += tokens
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -291,15 +339,19 @@ def train_lora(
             advance(1)
         if run["step"] % config.save_every == 0 and run["step"] < len(plan):
             run_now = {**run, "seconds": run["seconds"] + time.monotonic() - start}
-            _save_checkpoint(out, net, opt, sched, fingerprint, epoch, run_now, device)
-            log.info("step %d/%d loss %.4f: checkpoint saved", run["step"], len(plan), step_loss)
+            if rank == 0:
+                _save_checkpoint(out, net, opt, sched, fingerprint, epoch, run_now)
+                log.info("step %d/%d loss %.4f: checkpoint saved", run["step"], len(plan), step_loss)
+            if world > 1:
+                dist.barrier()
     run["seconds"] += time.monotonic() - start
 
-    tmp = out / ".adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    net.save_pretrained(tmp)
-    shutil.rmtree(out / "adapter", ignore_errors=True)  # left by a run that died before writing train.json
-    os.rename(tmp, out / "adapter")
+    if rank == 0:
+        tmp = out / ".adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        net.save_pretrained(tmp)
+        shutil.rmtree(out / "adapter", ignore_errors=True)  # left by a run that died before train.json
+        os.rename(tmp, out / "adapter")
     del net, base, params, opt, sched
     free_memory()  # for the next stage (an engine) on the same GPU
     result = {
@@ -312,6 +364,7 @@ def train_lora(
         "used": len(data),
         "skipped_too_long": len(pairs) - len(data),
         "epochs": config.epochs,
+        "processes": world,
         "steps": len(plan),
         "resumed_from_step": resumed_from,
         "losses": run["losses"],
@@ -325,9 +378,46 @@ def train_lora(
             "peft": peft.__version__,
         },
     }
-    _write_json(out / "train.json", result)
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    if rank == 0:
+        _write_json(out / "train.json", result)
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    if world > 1:
+        dist.barrier()
+    if own_group:
+        dist.destroy_process_group()
     return result
+
+
+# --- several processes ----------------------------------------------------------------------------------
+
+
+def _world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as ``torchrun`` and ``accelerate launch`` set them; (0, 1, 0) alone."""
+    env = os.environ
+    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
+
+
+def _n_target(example: dict[str, list[int]]) -> int:
+    """Target tokens of an example: labels that are not IGNORE, after the first position."""
+    return sum(1 for t in example["labels"][1:] if t != IGNORE)
+
+
+def _micro_seed(seed: int, step: int, k: int) -> int:
+    """The dropout seed of micro-batch ``k`` of optimizer step ``step``."""
+    digest = hashlib.sha256(f"{seed}:{step}:{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _sum_over_ranks(params: list[Any], loss: float, tokens: int, device: str) -> tuple[float, int]:
+    """Sum the LoRA gradients (a rank without a micro-batch this step adds zeros), the loss and the token
+    count over the ranks."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+    totals = torch.tensor([loss, float(tokens)], dtype=torch.float64, device=device)
+    dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+    return float(totals[0]), int(totals[1])
 
 
 # --- fingerprint and checkpoints ------------------------------------------------------------------------
@@ -348,7 +438,7 @@ def _latest_checkpoint(out: Path) -> Path | None:
 
 
 def _save_checkpoint(
-    out: Path, net: Any, opt: Any, sched: Any, fingerprint: str, epoch: int, run: dict[str, Any], device: str
+    out: Path, net: Any, opt: Any, sched: Any, fingerprint: str, epoch: int, run: dict[str, Any]
 ) -> None:
     """Write ``out/checkpoint/step-NNNNNNNN`` under a temporary name and rename it; drop older ones."""
     root = out / "checkpoint"
@@ -356,17 +446,12 @@ def _save_checkpoint(
     tmp = root / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    rng = {
-        "cpu": torch.get_rng_state(),
-        **({"cuda": torch.cuda.get_rng_state_all()} if device == "cuda" else {}),
-    }
     state = {
         "fingerprint": fingerprint,
         "epoch": epoch,
         "trainable": {n: p.detach().cpu() for n, p in net.named_parameters() if p.requires_grad},
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
-        "rng": rng,
         "run": run,
     }
     torch.save(state, tmp / "state.pt")
