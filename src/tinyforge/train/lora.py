@@ -30,26 +30,27 @@ accumulate fewer micro-batches. Data order: one ``torch.Generator`` seeded with 
 permutation per epoch, up front.
 
 Resuming. Every ``save_every`` optimizer steps the state is written to ``out_dir/checkpoint/step-NNNNNNNN``
-(the trainable weights, AdamW and scheduler state, the step, its epoch, the losses so far (dropout needs
-no saved state: each micro-batch seeds its own); plus a peft ``adapter`` folder for evaluating mid-run). A checkpoint is written
-under a hidden temporary name and renamed into place, so a ``step-*`` folder that is there is complete; the
-newest one is loaded and older ones are removed once it is in place. Running ``train_lora`` again with the
-same arguments continues from it and ends with the same adapter as an uninterrupted run (bit-identical on
-the CPU in float32, and it was on an H200 in bfloat16 too). A checkpoint or a finished run whose
-fingerprint (settings other than ``save_every``, model, dtype, examples) differs is an error rather than
-silently discarded or mixed: delete it, or train into another folder. A finished run (``train.json`` with
-the same fingerprint, written after the adapter) is returned at once; the checkpoints are removed when it
-is written. The model's memory is freed before returning, for the stage that loads an engine next.
+(the trainable weights, AdamW and scheduler state, the step, its epoch, the losses so far; plus a peft
+``adapter`` folder for evaluating mid-run; dropout needs no saved state: each micro-batch seeds its own). A
+checkpoint is written under a hidden temporary name and renamed into place, so a ``step-*`` folder that is
+there is complete; the newest one is loaded and older ones are removed once it is in place. Running
+``train_lora`` again with the same arguments continues from it and ends with the same adapter as an
+uninterrupted run (bit-identical on the CPU in float32, and it was on an H200 in bfloat16 too). A checkpoint
+or a finished run whose fingerprint (settings other than ``save_every``, model, dtype, examples) differs is an
+error rather than silently discarded or mixed: delete it, or train into another folder. A finished run
+(``train.json`` with the same fingerprint, written after the adapter) is returned at once; the checkpoints are
+removed when it is written. The model's memory is freed before returning, for the stage that loads an engine
+next.
 
-Several processes. Launched by ``accelerate launch`` or ``torchrun`` (``python -m tinyforge.train.lora``,
-see ``main``), each process (rank) loads the model on its own device and runs the same plan, taking the
-micro-batches ``rank, rank + world, ...`` of every optimizer step; the gradients are summed over the ranks
-(an all-reduce of the LoRA weights' gradients: few, and small), every rank takes the same AdamW step, and
-rank 0 writes checkpoints, the adapter and ``train.json``. The loss of a micro-batch is normalised by the
-whole window's target tokens, and the LoRA dropout of micro-batch k of step s draws from a generator seeded
-by (seed, s, k), so the adapter is the single process's whatever the number of processes, up to the order
-of floating-point sums. This is data parallelism over the LoRA's gradients (DDP's all-reduce without its
-bucketing): every rank holds the whole base model.
+Several processes. Launched by ``torchrun`` or ``accelerate launch --multi_gpu`` (``tinyforge train``:
+``torchrun --nproc-per-node N -m tinyforge.cli train ...``), each process (rank) loads the model on its own
+device and runs the same plan, taking the micro-batches ``rank, rank + world, ...`` of every optimizer step;
+the gradients are summed over the ranks (an all-reduce of the LoRA weights' gradients: few, and small), every
+rank takes the same AdamW step, and rank 0 writes checkpoints, the adapter and ``train.json``. The loss of a
+micro-batch is normalised by the whole window's target tokens, and the LoRA dropout of micro-batch k of step s
+draws from a generator seeded by (seed, s, k), so the adapter is the single process's whatever the number of
+processes, up to the order of floating-point sums. This is data parallelism over the LoRA's gradients (DDP's
+all-reduce without its bucketing): every rank holds the whole base model.
 """
 
 from __future__ import annotations
@@ -234,12 +235,6 @@ def train_lora(
     rank, world, local_rank = _world()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = config.dtype or ("bfloat16" if device == "cuda" else "float32")
-    if world > 1 and device == "cuda":
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(local_rank)
-    own_group = world > 1 and not dist.is_initialized()
-    if own_group:
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     fingerprint = _fingerprint(config, ref, dtype, pairs)
     if (out / "train.json").is_file():
         done = json.loads((out / "train.json").read_text(encoding="utf-8"))
@@ -255,6 +250,12 @@ def train_lora(
         raise ValueError(
             f"{ckpt} is from a run with other settings or examples; delete it or train elsewhere"
         )
+    if world > 1 and device == "cuda":
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(local_rank)
+    own_group = world > 1 and not dist.is_initialized()
+    if own_group:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
 
     # Load the model first: the tokenizer comes with it.
     base, tokenizer = load_model(ref, dtype, device)
