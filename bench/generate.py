@@ -38,7 +38,6 @@ import math
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchutil import log, version
+from benchutil import git_commit, log, parse_args, run_part, version
 
 from tinyforge.data import load_benchmark
 from tinyforge.generate import prompts
@@ -59,24 +58,6 @@ PARTS = ("vllm", "hf-generate", "hf-engine")
 BENCH = "humaneval"
 # How the shared tools' notes say to run vLLM on the GPU machine; set for the parts unless already set.
 VLLM_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
-
-
-def _git_commit() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True
-        )
-    except OSError:
-        return "unknown"
-    return (
-        head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-        if head.returncode == 0
-        else "unknown"
-    )
 
 
 def _row(what: str, wall: float, tokens: int, samples: int, notes: str = "", **extra: Any) -> dict[str, Any]:
@@ -387,59 +368,6 @@ PART_FUNCS: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
 }
 
 
-def run_part_here(name: str, config: Path, result: Path) -> int:
-    """The child's side: run one part and write what it measured, also when it failed half-way."""
-    cfg = json.loads(config.read_text())
-    out: dict[str, Any] = {"rows": [], "errors": []}
-    try:
-        PART_FUNCS[name](cfg, out)
-    except BaseException:
-        out["errors"].append(traceback.format_exc(limit=6))
-        raise
-    finally:
-        result.write_text(json.dumps(out, indent=1, default=str))
-    return 0
-
-
-def run_part(name: str, cfg: dict[str, Any], workdir: Path, timeout: float) -> dict[str, Any]:
-    """The parent's side: one part in a fresh Python process; its output goes to a log file."""
-    config, result, log_path = (
-        workdir / f"{name}.config.json",
-        workdir / f"{name}.result.json",
-        workdir / f"{name}.log",
-    )
-    config.write_text(json.dumps(cfg))
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--part",
-        name,
-        "--config",
-        str(config),
-        "--result",
-        str(result),
-    ]
-    env = {**VLLM_ENV, **os.environ, "PYTHONUNBUFFERED": "1"}
-    log(f"part {name} (log: {log_path})")
-    start = time.perf_counter()
-    with open(log_path, "w") as f:
-        try:
-            code: int | str = subprocess.run(
-                cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout
-            ).returncode
-        except subprocess.TimeoutExpired:
-            code = f"killed after {timeout:.0f} s"
-    out: dict[str, Any] = {"rows": [], "errors": []}
-    if result.is_file():
-        out = json.loads(result.read_text())
-    if code != 0:
-        tail = log_path.read_text(errors="replace").splitlines()[-15:]
-        out["errors"].append(f"part {name} exited with {code}; last lines of {log_path}:\n" + "\n".join(tail))
-    out["part_s"] = round(time.perf_counter() - start, 1)
-    out["log"] = str(log_path)
-    return out
-
-
 # --- the report ------------------------------------------------------------------------------------------
 
 
@@ -522,17 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per part")
     ap.add_argument("--log-dir", help="where the parts' logs go (default: a new temporary folder)")
     ap.add_argument("--json", metavar="OUT", help="also write the numbers to OUT")
-    ap.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)  # internal: run one part here
-    ap.add_argument("--config", help=argparse.SUPPRESS)
-    ap.add_argument("--result", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.part:
-        return run_part_here(args.part, Path(args.config), Path(args.result))
-
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        ap.error(f"unknown parts {unknown}; known: {', '.join(PARTS)}")
+    args, parts = parse_args(ap, PART_FUNCS, argv)
     limit = args.limit or (16 if args.quick else None)
     tasks = len(load_benchmark(BENCH)[:limit])
     log(f"resolving {args.model}")
@@ -569,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join([sys.executable, *sys.argv]),
         "host": f"{platform.node()}, {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
         "python": platform.python_version(),
-        "git": _git_commit(),
+        "git": git_commit(),
         "model": args.model,
         "model_sha256": ref.sha256,
         "folder": str(folder),
@@ -581,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     workdir = Path(args.log_dir or tempfile.mkdtemp(prefix="tinyforge-bench-generate-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    results = {name: run_part(name, cfg, workdir, args.timeout) for name in parts}
+    env = {**VLLM_ENV, **os.environ}
+    results = {name: run_part(__file__, name, cfg, workdir, args.timeout, env) for name in parts}
     report = print_report(meta, results)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str))

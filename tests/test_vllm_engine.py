@@ -502,6 +502,24 @@ def test_gpu_samples_are_keyed_whatever_the_batch(gpu_engine: VLLMEngine) -> Non
     assert [c.text for c in other_seed[0]] != [c.text for c in full[0]]
 
 
+def _random_adapter(ref: ModelRef, out: Path) -> None:
+    """A random r=16 adapter on q/k/v/o, scaled down to change the model without wrecking it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    config = LoraConfig(
+        r=16, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
+    torch.manual_seed(0)
+    base_model = AutoModelForCausalLM.from_pretrained(hf_folder(ref), dtype=torch.float32)
+    tuned = get_peft_model(base_model, config)
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.2)
+    tuned.save_pretrained(out)
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Could not find a config file")
 def test_gpu_lora_adapter(
@@ -510,21 +528,7 @@ def test_gpu_lora_adapter(
     """A random r=16 adapter on q/k/v/o (peft starts B at zero, so it is made random and scaled down to
     change the model without wrecking it): vLLM's output moves off the base model's and agrees with
     HFEngine's merged adapter for most prompts."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    config = LoraConfig(
-        r=16, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
-    )
-    torch.manual_seed(0)
-    base_model = AutoModelForCausalLM.from_pretrained(hf_folder(gpu_ref), dtype=torch.float32)
-    tuned = get_peft_model(base_model, config)
-    with torch.no_grad():
-        for name, p in tuned.named_parameters():
-            if "lora_B" in name:
-                p.mul_(0.2)
-    tuned.save_pretrained(tmp_path)
-    del tuned
+    _random_adapter(gpu_ref, tmp_path)
     texts = [prompts.code_prompt(t, "raw") for t in _tasks(8)]
     params = SamplingParams(max_new_tokens=48)
     with VLLMEngine(gpu_ref, adapter=tmp_path, gpu_memory_utilization=0.3, max_model_len=2048) as lora:
@@ -560,3 +564,29 @@ def test_gpu_run_yields_before_the_end(gpu_engine: VLLMEngine) -> None:
     assert all(c.finish_reason == "length" for pos, _, c in arrivals if pos < 4)  # counting goes on
     assert order[0] >= 4  # the first completion handed on is a short one
     assert max(when[p] for p in range(4, 8)) < 0.5 * max(when[p] for p in range(4))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Could not find a config file")
+def test_gpu_two_replicas(gpu_ref: ModelRef, gpu_engine: VLLMEngine, tmp_path: Path) -> None:
+    """Two VLLMEngine replicas, one per GPU: the samples of one engine (keyed seeds), and an adapter swapped
+    in on both through a view."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    from tinyforge.generate.replicas import Replicas
+
+    texts = [prompts.code_prompt(t, "raw") for t in _tasks(8)]
+    sampled = SamplingParams(n=4, temperature=0.8, max_new_tokens=64, seed=3)
+    greedy = SamplingParams(max_new_tokens=48)
+    _random_adapter(gpu_ref, tmp_path)
+    kw = {"gpu_memory_utilization": 0.3, "max_model_len": 2048, "enable_lora": True}
+    with Replicas(VLLMEngine, gpu_ref, replicas=2, **kw) as pair:
+        assert pair.key() == gpu_engine.key()
+        got = [c.text for cs in pair.generate(texts, sampled) for c in cs]
+        base = [cs[0].text for cs in pair.generate(texts, greedy)]
+        tuned = pair.with_adapter(tmp_path)
+        assert tuned.key() == {**gpu_engine.key(), "adapter": sha256_path(tmp_path)}
+        with_adapter = [cs[0].text for cs in tuned.generate(texts, greedy)]
+    want = [c.text for cs in gpu_engine.generate(texts, sampled) for c in cs]
+    assert _agreement("2 replicas vs one engine", got, want) >= 0.75 * len(want)
+    assert len(texts) - _agreement("replicas with adapter vs without", with_adapter, base) >= 2

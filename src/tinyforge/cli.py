@@ -88,6 +88,15 @@ CacheDirOpt = Annotated[
     Path | None, typer.Option("--cache-dir", help="Generation cache (default: the user cache).")
 ]
 WorkersOpt = Annotated[int | None, typer.Option(help="Sandbox workers (default: one per core).")]
+ReplicasOpt = Annotated[
+    int,
+    typer.Option(
+        "--replicas", help="Copies of the model, each in its own process on its own GPU(s) (data parallel)."
+    ),
+]
+TensorParallelOpt = Annotated[
+    int, typer.Option("--tensor-parallel", help="vllm: GPUs per copy of the model (tensor parallel).")
+]
 
 
 def fail(msg: str) -> None:
@@ -227,6 +236,28 @@ def selfcheck(
         print(f"  canonical fails: {r['task_id']}: {r['status']} {r.get('detail', '')}")
 
 
+def _engine(
+    model: str,
+    backend: str,
+    adapter: Path | None,
+    base_url: str | None,
+    dtype: str | None,
+    batch_size: int | None,
+    replicas: int,
+    tensor_parallel: int,
+    limit: int | None,
+) -> Any:
+    """The engine that `eval` and `tts` sample from, once their options are checked."""
+    from tinyforge.generate.engines import make_engine
+
+    if limit is not None and limit < 1:
+        fail("--limit must be at least 1")
+    return make_engine(
+        model, backend, adapter=adapter, base_url=base_url, dtype=dtype, batch_size=batch_size,
+        replicas=replicas, tensor_parallel=tensor_parallel,
+    )  # fmt: skip
+
+
 @app.command("eval")
 def eval_(
     bench: BenchOpt,
@@ -244,6 +275,8 @@ def eval_(
     base_url: BaseUrlOpt = None,
     dtype: DtypeOpt = None,
     batch_size: BatchSizeOpt = None,
+    replicas: ReplicasOpt = 1,
+    tensor_parallel: TensorParallelOpt = 1,
     cache_dir: CacheDirOpt = None,
     data_dir: DataDirOpt = None,
     workers: WorkersOpt = None,
@@ -255,7 +288,6 @@ def eval_(
     from tinyforge.evaluate.run import check_format, evaluate
     from tinyforge.evaluate.score import ScoreError
     from tinyforge.generate.base import SamplingParams
-    from tinyforge.generate.engines import make_engine
     from tinyforge.generate.models import ModelError
 
     try:
@@ -266,11 +298,9 @@ def eval_(
         )
         if params.greedy and n > 1:
             fail("greedy decoding (temperature 0) gives n identical samples: set --temperature for --n > 1")
-        if limit is not None and limit < 1:
-            fail("--limit must be at least 1")
-        engine = make_engine(
-            model, backend, adapter=adapter, base_url=base_url, dtype=dtype, batch_size=batch_size
-        )
+        engine = _engine(
+            model, backend, adapter, base_url, dtype, batch_size, replicas, tensor_parallel, limit
+        )  # fmt: skip
         with progress_bars() as bars:
             summary = evaluate(
                 name,
@@ -322,6 +352,8 @@ def tts(
     base_url: BaseUrlOpt = None,
     dtype: DtypeOpt = None,
     batch_size: BatchSizeOpt = None,
+    replicas: ReplicasOpt = 1,
+    tensor_parallel: TensorParallelOpt = 1,
     cache_dir: CacheDirOpt = None,
     data_dir: DataDirOpt = None,
     workers: WorkersOpt = None,
@@ -333,7 +365,6 @@ def tts(
     from tinyforge.evaluate.run import check_format
     from tinyforge.evaluate.score import ScoreError
     from tinyforge.evaluate.tts import check_sweep, format_table, sweep
-    from tinyforge.generate.engines import make_engine
     from tinyforge.generate.models import ModelError
 
     try:
@@ -344,11 +375,9 @@ def tts(
         b = get_benchmark(bench)
         check_format(fmt, b.kind)
         check_sweep(ns, temperature)
-        if limit is not None and limit < 1:
-            fail("--limit must be at least 1")
-        engine = make_engine(
-            model, backend, adapter=adapter, base_url=base_url, dtype=dtype, batch_size=batch_size
-        )
+        engine = _engine(
+            model, backend, adapter, base_url, dtype, batch_size, replicas, tensor_parallel, limit
+        )  # fmt: skip
         with progress_bars() as bars:
             result = sweep(
                 b.name, engine, ns, out_dir=out, fmt=fmt, temperature=temperature, top_p=top_p,
@@ -389,6 +418,9 @@ def bootstrap(
         str | None, typer.Option("--seeded", help="Take problems from this benchmark (mbpp-train).")
     ] = None,
     backend: Annotated[str | None, typer.Option("--backend", help="auto, hf or vllm.")] = None,
+    replicas: Annotated[
+        int | None, typer.Option("--replicas", help="Copies of the model on their own GPUs (data parallel).")
+    ] = None,
     stop_after: Annotated[
         str, typer.Option("--stop-after", help="Stop after this stage: problems, solve, mine, train, eval.")
     ] = "eval",
@@ -406,7 +438,7 @@ def bootstrap(
     try:
         cfg = load_config(
             config, model=model, problems=problems, seed=seed, rounds=rounds, control=control, seeded=seeded,
-            backend=backend,
+            backend=backend, replicas=replicas,
         )  # fmt: skip
         with progress_bars() as bars:
             run_bootstrap(
@@ -432,6 +464,9 @@ def curriculum(
     problems: Annotated[int | None, typer.Option("--problems", help="Problems in round 1's pool.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of sampling and training.")] = None,
     backend: Annotated[str | None, typer.Option("--backend", help="auto, hf or vllm.")] = None,
+    replicas: Annotated[
+        int | None, typer.Option("--replicas", help="Copies of the model on their own GPUs (data parallel).")
+    ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """The auto-difficulty math curriculum: the model writes word problems with a solution() program (run in
@@ -440,7 +475,14 @@ def curriculum(
     from tinyforge.curriculum import curriculum as run_curriculum
     from tinyforge.curriculum import load_config as load_curriculum
 
-    opts = {"model": model, "rounds": rounds, "problems": problems, "seed": seed, "backend": backend}
+    opts = {
+        "model": model,
+        "rounds": rounds,
+        "problems": problems,
+        "seed": seed,
+        "backend": backend,
+        "replicas": replicas,
+    }
     run_staged(
         lambda **kw: run_curriculum(load_curriculum(config, **opts), out, data_dir=data_dir, **kw),
         out,
@@ -480,6 +522,9 @@ def selfcorrect(
         int | None, typer.Option("--seed", help="Seed of sampling, the problem draw and the mixes.")
     ] = None,
     backend: Annotated[str | None, typer.Option("--backend", help="auto, hf or vllm.")] = None,
+    replicas: Annotated[
+        int | None, typer.Option("--replicas", help="Copies of the model on their own GPUs (data parallel).")
+    ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Self-correction training for math: the model answers GSM8K-train problems (greedy and k sampled),
@@ -491,7 +536,10 @@ def selfcorrect(
 
     run_staged(
         lambda **kw: run_selfcorrect(
-            load_selfcorrect(config, model=model, seed=seed, backend=backend), out, data_dir=data_dir, **kw
+            load_selfcorrect(config, model=model, seed=seed, backend=backend, replicas=replicas),
+            out,
+            data_dir=data_dir,
+            **kw,
         ),
         out,
     )

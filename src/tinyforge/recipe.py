@@ -146,6 +146,12 @@ class RunConfig(_Config):
         lt=1,
         description="vLLM back-end: the share of the GPU's memory vLLM takes (the rest is for training).",
     )
+    replicas: int = Field(
+        1, ge=1, description="Copies of the model, each in its own process on its own GPU(s) (data parallel)."
+    )
+    tensor_parallel: int = Field(
+        1, ge=1, description="vLLM back-end: GPUs per copy of the model (tensor parallel)."
+    )
 
 
 class RecipeConfig(RunConfig):
@@ -267,18 +273,21 @@ class Run:
         from tinyforge.generate.engines import choose_backend, make_engine
 
         c = self.config
+        spread = {"replicas": c.replicas, "tensor_parallel": c.tensor_parallel}
         if choose_backend(c.backend) == "vllm":
-            from tinyforge.generate.vllm_engine import VLLMEngine
-
-            # One vLLM for the whole run, adapters swapped in per request (``with_adapter``); it takes part
-            # of the GPU so that training fits beside it.
-            return VLLMEngine(
+            # One vLLM for the whole run (or one per replica), adapters swapped in per request
+            # (``with_adapter``); it takes part of the GPU so that training fits beside it.
+            return make_engine(
                 c.model,
+                "vllm",
+                dtype=c.dtype,
                 enable_lora=True,
                 gpu_memory_utilization=c.gpu_memory,
-                **({"dtype": c.dtype} if c.dtype else {}),
+                **spread,
             )
-        return make_engine(c.model, c.backend, adapter=adapter, dtype=c.dtype, batch_size=c.batch_size)
+        return make_engine(
+            c.model, c.backend, adapter=adapter, dtype=c.dtype, batch_size=c.batch_size, **spread
+        )
 
     def cached(self, adapter: Path | None) -> CachedEngine:
         """``engine(adapter)`` behind the run's generation cache."""
@@ -642,6 +651,9 @@ def control(run: Run, n_pairs: int, fmt: str) -> dict[str, Any]:
 _EXTENDING = ("rounds", "control")
 
 
+MACHINE_SETTINGS = ("workers", "gpu_memory", "replicas", "tensor_parallel")
+
+
 def check_settings(root: Path, config: RunConfig, extending: Sequence[str] = ()) -> None:
     """A new run folder ``root`` gets ``config.json``; an existing one must hold the same settings, except
     the ``extending`` ones (settings that only add work), whose numbers may only grow. Else a one-line
@@ -651,7 +663,9 @@ def check_settings(root: Path, config: RunConfig, extending: Sequence[str] = ())
         root.mkdir(parents=True, exist_ok=True)
         write_json(path, new)
         return
-    old = json.loads(path.read_text())
+    written, full = json.loads(path.read_text()), new
+    # How the work is spread, not what it is: a run may move to another machine.
+    old, new = ({k: v for k, v in d.items() if k not in MACHINE_SETTINGS} for d in (written, full))
     fixed_old = {k: v for k, v in old.items() if k not in extending}
     fixed_new = {k: v for k, v in new.items() if k not in extending}
     shrunk = [
@@ -665,8 +679,8 @@ def check_settings(root: Path, config: RunConfig, extending: Sequence[str] = ())
             f"{root} holds a run with other settings ({_first_diff(old, new)}): rerun with the same settings "
             f"to resume{more}, or give another --out"
         )
-    if old != new:
-        write_json(path, new)
+    if written != full:
+        write_json(path, full)
 
 
 def _first_diff(old: Any, new: Any, where: str = "") -> str:

@@ -158,7 +158,7 @@ def evaluate(
     n_tasks = summary["n_tasks"]
     summary.update(
         format=fmt,
-        model={"backend": type(engine).__name__, **engine.key()},
+        model={"backend": getattr(engine, "backend", type(engine).__name__), **engine.key()},
         sampling={"n": params.n, **params.key()},
         limit=limit,
         generation={

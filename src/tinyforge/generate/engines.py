@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from tinyforge.generate.base import Engine
 from tinyforge.generate.models import ModelError
@@ -54,11 +54,24 @@ def make_engine(
     base_url: str | None = None,
     dtype: str | None = None,
     batch_size: int | None = None,
+    replicas: int = 1,
+    tensor_parallel: int = 1,
+    **engine_kwargs: Any,
 ) -> Engine:
     """An engine for ``model`` (an embedded name, a path, a hub id; for ``openai`` the server's model name).
 
-    ``batch_size`` applies to ``hf`` (rows per ``generate`` call) and ``openai`` (requests in flight)."""
+    ``batch_size`` applies to ``hf`` (rows per ``generate`` call) and ``openai`` (requests in flight).
+    ``replicas`` > 1 runs that many copies of a local engine, each in its own process on its own GPU(s)
+    (``tinyforge.generate.replicas``); ``tensor_parallel`` is vLLM's ``tensor_parallel_size`` (GPUs per
+    replica). Other keyword arguments go to the local engine (``VLLMEngine``: ``enable_lora``,
+    ``gpu_memory_utilization``, ...)."""
     backend = choose_backend(backend, base_url)
+    if replicas < 1 or tensor_parallel < 1:
+        raise ModelError("replicas and tensor parallel size must be at least 1")
+    if backend == "openai" and (replicas > 1 or tensor_parallel > 1):
+        raise ModelError("replicas and tensor parallelism are the servers' business: give several --base-url")
+    if backend == "hf" and tensor_parallel > 1:
+        raise ModelError("tensor parallelism needs the vllm backend (the hf backend takes --replicas)")
     if backend == "openai":
         if not base_url:
             raise ModelError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
@@ -73,14 +86,34 @@ def make_engine(
     if base_url:
         raise ModelError(f"--base-url is for the openai backend, not {backend}")
     adapter_path = Path(adapter) if adapter is not None else None
+    factory: Any
+    kwargs: dict[str, Any] = {"adapter": adapter_path, **engine_kwargs}
     if backend == "vllm":
-        from tinyforge.generate.vllm_engine import VLLMEngine
+        from tinyforge.generate.models import hf_folder, resolve_model
+        from tinyforge.generate.vllm_engine import VLLMEngine, import_vllm
 
-        return VLLMEngine(model, adapter=adapter_path, **({"dtype": dtype} if dtype else {}))
-    try:
-        from tinyforge.generate.hf import HFEngine
-    except ImportError as e:
-        raise ModelError(
-            f"the transformers backend needs torch and transformers ({e}): pip install 'tinyforge[models]'"
-        ) from None
-    return HFEngine(model, adapter=adapter_path, dtype=dtype, batch_size=batch_size)
+        factory = VLLMEngine
+        kwargs.update(dtype=dtype or "bfloat16", tensor_parallel_size=tensor_parallel)
+        if replicas > 1:
+            import_vllm()  # fail here, not in every replica
+            ref = resolve_model(model)
+            hf_folder(ref, kwargs["dtype"])  # converted once, before the replicas read it
+            model = ref  # type: ignore[assignment]
+    else:
+        try:
+            from tinyforge.generate.hf import HFEngine
+        except ImportError as e:
+            raise ModelError(
+                f"the transformers backend needs torch and transformers ({e}): pip install 'tinyforge[models]'"
+            ) from None
+        factory = HFEngine
+        kwargs.update(dtype=dtype, batch_size=batch_size)
+        if replicas > 1:
+            from tinyforge.generate.models import resolve_model
+
+            model = resolve_model(model)  # type: ignore[assignment]  # fetched once
+    if replicas == 1:
+        return factory(model, **kwargs)
+    from tinyforge.generate.replicas import Replicas
+
+    return Replicas(factory, model, replicas=replicas, devices_per_replica=tensor_parallel, **kwargs)
