@@ -7,7 +7,6 @@ cache), which loads in a second where the GGUF file takes ~15 s; one run trains 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,8 +23,10 @@ from safetensors.torch import load_file
 from tinyforge.generate.base import SamplingParams
 from tinyforge.generate.hf import HFEngine
 from tinyforge.generate.models import ModelRef, fetch_model, hf_folder, resolve_model
+from tinyforge.recipe import RecipeConfig, Run
 from tinyforge.train import LoraConfig, collate, encode_example, train_lora
 from tinyforge.train import lora as lora_module
+from tinyforge.train.lora import launch_training
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:`is_gradient_checkpointing` is deprecated", "ignore:Could not find a config file"
@@ -275,38 +276,22 @@ def test_finished_run_returns_at_once(
         train_lora(SMOL, EXAMPLES[:2], tmp_path, config.model_copy(update={"lr": 2e-4}))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_train_the_single_process_adapter(
     smol: ModelRef, trained: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     """`torchrun` (what `accelerate launch --multi_gpu` runs; accelerate's own multi-CPU launch needs MPI)
-    with 2 CPU processes (gloo) and `tinyforge train`: each process takes every other micro-batch, the
-    gradients are summed, and the adapter is the one process's (dropout on: each micro-batch seeds its
+    with 2 CPU processes (gloo) and `tinyforge train`, started by a run's training stage (a config's
+    `train_processes: 2`): each process takes every other micro-batch, the gradients are summed, and the adapter is the one process's (dropout on: each micro-batch seeds its
     own), up to floating-point rounding."""
-    import yaml
-
-    (tmp_path / "examples.jsonl").write_text(
-        "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in EXAMPLES)
-    )
-    (tmp_path / "lora.yaml").write_text(yaml.safe_dump(CONFIG.model_dump()))
+    config = RecipeConfig(model=smol.path, train_processes=2, workers=1)
+    run = Run(config, tmp_path / "run", data_dir=None, progress=None, log=print)
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-        "-m", "tinyforge.cli", "train", str(tmp_path / "examples.jsonl"), "--model", smol.path,
-        "--out", str(out), "--config", str(tmp_path / "lora.yaml"),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    try:  # the recipe's training stage: `launch_training`, which runs `torchrun -m tinyforge.cli train`
+        returned = run.train(list(EXAMPLES), out, CONFIG)
+    finally:
+        run.close()
+    assert returned == json.loads((out / "train.json").read_text())
     result = json.loads((out / "train.json").read_text())
     reference = trained[1]
     assert result["processes"] == 2 and result["steps"] == reference["steps"] == 6
@@ -318,3 +303,10 @@ def test_two_processes_train_the_single_process_adapter(
     assert worst < 1e-5, worst
     assert any(float(theirs[k].abs().max()) > 1e-3 for k in theirs)  # it did learn something
     assert not (out / "checkpoint").exists()
+
+
+def test_a_failed_launch_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError) as e:
+        launch_training(str(tmp_path / "no-such-model.gguf"), EXAMPLES, tmp_path / "out", CONFIG, processes=2)
+    message = str(e.value)
+    assert "training in 2 processes failed" in message and "no-such-model" in message and "\n" not in message

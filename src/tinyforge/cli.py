@@ -559,17 +559,18 @@ def train(
     """Train a LoRA on (prompt, completion) examples, the loss on the completion only. Under `accelerate
     launch` or `torchrun` (`accelerate launch -m tinyforge.cli train ...`) every process takes its share of
     each step's micro-batches and the adapter is the single process's (docs/scaling.md)."""
+    from tinyforge.generate.models import ModelError
     from tinyforge.recipe import RecipeError, load_settings
     from tinyforge.train.lora import LoraConfig, read_examples, train_lora
 
     try:
         settings = load_settings(LoraConfig, "lora", config, {})
         data = read_examples(examples)
-    except (RecipeError, ValueError) as e:
+        lead = os.environ.get("RANK", "0") == "0"  # one process draws the bar and prints
+        with progress_bars() as bars:
+            result = train_lora(model, data, out, settings, progress=bars if lead else None)
+    except (RecipeError, ModelError, ValueError) as e:
         fail(str(e))
-    lead = os.environ.get("RANK", "0") == "0"  # one process draws the bar and prints
-    with progress_bars() as bars:
-        result = train_lora(model, data, out, settings, progress=bars if lead else None)
     if lead:
         console.print(
             f"{result['steps']} steps on {result['used']} examples ({result['processes']} process(es)), "

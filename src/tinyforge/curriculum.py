@@ -101,7 +101,7 @@ from tinyforge.recipe import (
     write_jsonl,
 )
 from tinyforge.sandbox import IOJob, IOResult, Pool, then
-from tinyforge.train.lora import LoraConfig, train_lora
+from tinyforge.train.lora import LoraConfig
 
 __all__ = [
     "MOVES",
@@ -842,7 +842,7 @@ def curriculum(
         before = eval_all(run, "before", None)
         examples = _examples(run, pairs, fmt)
         with run.stage("train") as info:
-            res = train_lora(config.model, examples, root / "train", config.train, progress=run.progress)
+            res = run.train(examples, root / "train", config.train)
             info.update(examples=len(examples), format=fmt, steps=res["steps"], final_loss=res["final_loss"])
         after = eval_all(run, "after", root / "train" / "adapter")
         vs = compare(run, "before", "after")

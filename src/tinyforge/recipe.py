@@ -44,13 +44,13 @@ from tinyforge.data import load_benchmark
 from tinyforge.data.code import read_jsonl
 from tinyforge.evaluate.metrics import paired_comparison
 from tinyforge.evaluate.run import evaluate, resolve_format
-from tinyforge.generate.base import Completion, Engine, GenerationRequest, SamplingParams, free_memory
+from tinyforge.generate.base import Completion, Engine, GenerationRequest, Prompt, SamplingParams, free_memory
 from tinyforge.generate.cache import CachedEngine, GenerationCache
 from tinyforge.mine.pairs import Pair, mine_pairs, pair_stats, select_pairs
 from tinyforge.mine.problems import Problem, Rejection, dedupe, parse_problem, problem_prompt, verify_problems
 from tinyforge.mine.solve import FORMAT_ONLY, Attempt, solve
 from tinyforge.sandbox import make_pool
-from tinyforge.train.lora import LoraConfig, train_lora
+from tinyforge.train.lora import LoraConfig, launch_training, train_lora
 
 __all__ = [
     "STAGES",
@@ -151,6 +151,9 @@ class RunConfig(_Config):
     )
     tensor_parallel: int = Field(
         1, ge=1, description="vLLM back-end: GPUs per copy of the model (tensor parallel)."
+    )
+    train_processes: int = Field(
+        1, ge=1, description="LoRA training in this many processes, one per GPU (data parallel, torchrun)."
     )
 
 
@@ -288,6 +291,24 @@ class Run:
         return make_engine(
             c.model, c.backend, adapter=adapter, dtype=c.dtype, batch_size=c.batch_size, **spread
         )
+
+    def train(
+        self,
+        examples: list[tuple[Prompt, str]],
+        out: Path,
+        config: LoraConfig,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """A LoRA on ``examples`` into ``out/adapter`` (``train_lora``; in ``train_processes`` processes
+        when the config asks for more than one); what ``out/train.json`` holds."""
+        n = self.config.train_processes
+        if n == 1:
+            return train_lora(self.config.model, examples, out, config, progress=progress or self.progress)
+        self.log(f"training in {n} processes (log: {out / 'train.log'})")
+        try:
+            return launch_training(self.config.model, examples, out, config, processes=n)
+        except RuntimeError as e:
+            raise RecipeError(str(e)) from None
 
     def cached(self, adapter: Path | None) -> CachedEngine:
         """``engine(adapter)`` behind the run's generation cache."""
@@ -549,7 +570,7 @@ def train(run: Run, folder: Path, pairs: list[Pair], fmt: str, lora: LoraConfig 
     if name in run.state["stages"] and (adapter / "adapter_config.json").is_file():
         return adapter  # finished, maybe on another machine (train.json says where and how)
     with run.stage(name) as info:
-        res = train_lora(c.model, examples, folder / "train", lora or c.train, progress=run.progress)
+        res = run.train(examples, folder / "train", lora or c.train)
         info.update(
             examples=len(examples), format=fmt, **{k: res[k] for k in ("steps", "final_loss") if k in res}
         )
@@ -651,7 +672,7 @@ def control(run: Run, n_pairs: int, fmt: str) -> dict[str, Any]:
 _EXTENDING = ("rounds", "control")
 
 
-MACHINE_SETTINGS = ("workers", "gpu_memory", "replicas", "tensor_parallel")
+MACHINE_SETTINGS = ("workers", "gpu_memory", "replicas", "tensor_parallel", "train_processes")
 
 
 def check_settings(root: Path, config: RunConfig, extending: Sequence[str] = ()) -> None:

@@ -85,7 +85,7 @@ from tinyforge.recipe import (
     write_json,
     write_jsonl,
 )
-from tinyforge.train.lora import LoraConfig, train_lora
+from tinyforge.train.lora import LoraConfig
 
 __all__ = [
     "KINDS",
@@ -541,7 +541,7 @@ def train_mix(run: Run, share: float, traces: list[Trace], fmt: str) -> tuple[Pa
     shots = math_shots(EVAL_BENCH, run.data_dir) if fmt == "raw" else ()
     examples = [(t.prompt(fmt, shots), t.target) for t in traces]
     with run.stage(f"train-{label}") as info:
-        res = train_lora(c.model, examples, folder, c.train, progress=_progress(run, label))
+        res = run.train(examples, folder, c.train, progress=_progress(run, label))
         info.update(examples=len(examples), steps=res["steps"], final_loss=res["final_loss"])
     return folder / "adapter", {**chosen, "steps": res["steps"], "final_loss": res["final_loss"]}
 

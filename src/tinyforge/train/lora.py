@@ -50,7 +50,8 @@ rank takes the same AdamW step, and rank 0 writes checkpoints, the adapter and `
 micro-batch is normalised by the whole window's target tokens, and the LoRA dropout of micro-batch k of step s
 draws from a generator seeded by (seed, s, k), so the adapter is the single process's whatever the number of
 processes, up to the order of floating-point sums. This is data parallelism over the LoRA's gradients (DDP's
-all-reduce without its bucketing): every rank holds the whole base model.
+all-reduce without its bucketing): every rank holds the whole base model. ``launch_training`` starts such a
+run from Python (the staged runs use it when their ``train_processes`` is above 1).
 """
 
 from __future__ import annotations
@@ -76,7 +77,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from tinyforge.generate.base import LocalEngine, Prompt, free_memory
 from tinyforge.generate.models import ModelRef, load_model, resolve_model
 
-__all__ = ["Example", "LoraConfig", "collate", "encode_example", "end_ids", "read_examples", "train_lora"]
+__all__ = [
+    "Example",
+    "LoraConfig",
+    "collate",
+    "encode_example",
+    "end_ids",
+    "launch_training",
+    "read_examples",
+    "train_lora",
+]
 
 log = logging.getLogger(__name__)
 
@@ -390,6 +400,53 @@ def train_lora(
 
 
 # --- several processes ----------------------------------------------------------------------------------
+
+
+def launch_training(
+    model: str | ModelRef,
+    examples: Iterable[Example],
+    out_dir: str | os.PathLike[str],
+    config: LoraConfig | None = None,
+    processes: int = 2,
+) -> dict[str, Any]:
+    """``train_lora`` in ``processes`` processes on this host: ``torchrun -m tinyforge.cli train`` on the
+    examples and settings written to ``out_dir`` (one process per GPU; on a machine without GPUs, gloo on
+    the CPU). Returns what ``out_dir/train.json`` holds; a failed launch is a one-line ``RuntimeError``
+    naming ``out_dir/train.log``, and a rerun resumes from the checkpoint like ``train_lora``."""
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = config or LoraConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "examples.jsonl").open("w", encoding="utf-8") as f:
+        for prompt, completion in examples:
+            f.write(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False) + "\n")
+    (out / "lora.yaml").write_text(yaml.safe_dump(config.model_dump()))
+    spec = model.path if isinstance(model, ModelRef) else str(model)
+    with socket.socket() as s:  # a free port for the processes to meet on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}",
+        "--master-addr=127.0.0.1", f"--master-port={port}",
+        "-m", "tinyforge.cli", "train", str(out / "examples.jsonl"), "--model", spec,
+        "--out", str(out), "--config", str(out / "lora.yaml"),
+    ]  # fmt: skip
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast off
+    with (out / "train.log").open("w") as log_file:
+        done = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, check=False)
+    if done.returncode != 0 or not (out / "train.json").is_file():
+        lines = [ln for ln in (out / "train.log").read_text(errors="replace").splitlines() if ln.strip()]
+        last = lines[-1].strip()[:200] if lines else "no output"
+        raise RuntimeError(
+            f"training in {processes} processes failed (exit {done.returncode}; {out / 'train.log'}): {last}"
+        )
+    return json.loads((out / "train.json").read_text(encoding="utf-8"))
 
 
 def _world() -> tuple[int, int, int]:
