@@ -104,7 +104,8 @@ def _serve(
 
 class Replicas(LocalEngine):
     """``replicas`` copies of ``factory(*args, **kwargs)``, each in its own process on
-    ``devices_per_replica`` GPUs of its own (on a machine without GPUs: the CPU, its cores shared out)."""
+    ``devices_per_replica`` GPUs of its own (on a machine without GPUs: the CPU; there each replica's OpenMP
+    threads sleep when idle, ``OMP_WAIT_POLICY=PASSIVE``, or their spinning starves the other replicas)."""
 
     def __init__(
         self,
