@@ -441,8 +441,13 @@ def launch_training(
     with (out / "train.log").open("w") as log_file:
         done = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, check=False)
     if done.returncode != 0 or not (out / "train.json").is_file():
-        lines = [ln for ln in (out / "train.log").read_text(errors="replace").splitlines() if ln.strip()]
-        last = lines[-1].strip()[:200] if lines else "no output"
+        lines = [ln.strip() for ln in (out / "train.log").read_text(errors="replace").splitlines()]
+        # The processes' own one-line error (``tinyforge train`` prints "error: ..."), else their last word
+        # above torchrun's failure summary.
+        said = [ln for ln in lines if ln.startswith("error:")] or [
+            ln for ln in lines if ln and not ln.startswith(("=", "-", "[", "time", "host", "rank", "exit"))
+        ]
+        last = said[-1][:300] if said else "no output"
         raise RuntimeError(
             f"training in {processes} processes failed (exit {done.returncode}; {out / 'train.log'}): {last}"
         )
