@@ -89,16 +89,12 @@ def make_engine(
     factory: Any
     kwargs: dict[str, Any] = {"adapter": adapter_path, **engine_kwargs}
     if backend == "vllm":
-        from tinyforge.generate.models import hf_folder, resolve_model
         from tinyforge.generate.vllm_engine import VLLMEngine, import_vllm
 
         factory = VLLMEngine
         kwargs.update(dtype=dtype or "bfloat16", tensor_parallel_size=tensor_parallel)
         if replicas > 1:
             import_vllm()  # fail here, not in every replica
-            ref = resolve_model(model)
-            hf_folder(ref, kwargs["dtype"])  # converted once, before the replicas read it
-            model = ref  # type: ignore[assignment]
     else:
         try:
             from tinyforge.generate.hf import HFEngine
@@ -108,12 +104,12 @@ def make_engine(
             ) from None
         factory = HFEngine
         kwargs.update(dtype=dtype, batch_size=batch_size)
-        if replicas > 1:
-            from tinyforge.generate.models import resolve_model
-
-            model = resolve_model(model)  # type: ignore[assignment]  # fetched once
     if replicas == 1:
         return factory(model, **kwargs)
+    from tinyforge.generate.models import hf_folder, resolve_model
     from tinyforge.generate.replicas import Replicas
 
-    return Replicas(factory, model, replicas=replicas, devices_per_replica=tensor_parallel, **kwargs)
+    ref = resolve_model(model)  # fetched (and for vLLM converted) once, before the replicas read it
+    if backend == "vllm":
+        hf_folder(ref, kwargs["dtype"])
+    return Replicas(factory, ref, replicas=replicas, devices_per_replica=tensor_parallel, **kwargs)
