@@ -1,4 +1,4 @@
-"""Scaling out on one host: sampling with 1 vs 2 vLLM replicas, LoRA training on 1 vs 2 GPUs (DDP).
+"""Scaling out on one host: sampling with 1 vs 2 vLLM replicas, LoRA training on 1 vs 2 GPUs (DDP, FSDP).
 
 Sampling: HumanEval, raw format, ``--n`` samples per task (default 32) at T=0.8, up to 512 tokens, seed 0,
 through ``make_engine(model, "vllm", replicas=R)`` (``R`` copies of ``VLLMEngine``, one per GPU, each in its
@@ -9,10 +9,12 @@ R=1 row (the samples are keyed per (seed, prompt, index), so they should agree u
 Training: ``tinyforge train`` on (HumanEval prompt, canonical solution) examples (164; every task's
 reference code, raw format; ``--train-examples``), LoRA r=16 on q/k/v/o, batch 4 x 4 micro-batches a step, 2 epochs, seed 0, run
 as ``python -m torch.distributed.run --nproc_per_node P -m tinyforge.cli train ...`` for P = 1 and 2
-(NCCL; ``NCCL_NVLS_ENABLE=0``). Timed: the training loop (``train.json`` wall_seconds, model load
-excluded) and the whole command; the two adapters are compared (largest difference of a LoRA weight).
+(NCCL; ``NCCL_NVLS_ENABLE=0``), and for P = 2 with ``--fsdp`` (the base model sharded over the GPUs).
+Timed: the training loop (``train.json`` wall_seconds, model load excluded) and the whole command; peak GPU
+memory of rank 0; the adapters are compared with the one-GPU one (largest difference of a LoRA weight).
 
-    .venv/bin/python bench/scale.py [--parts sample-1,sample-2,train-1,train-2] [--n 32] [--json OUT]
+    .venv/bin/python bench/scale.py [--parts sample-1,sample-2,train-1,train-2,train-2-fsdp] [--n 32]
+        [--json OUT]
 
 Each part runs in its own subprocess. Needs 2 CUDA GPUs (and vLLM for the sampling parts). Prints numbers,
 asserts nothing.
@@ -39,7 +41,7 @@ from tinyforge.generate import prompts
 from tinyforge.generate.base import SamplingParams
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
-PARTS = ("sample-1", "sample-2", "train-1", "train-2")
+PARTS = ("sample-1", "sample-2", "train-1", "train-2", "train-2-fsdp")
 ENV = {
     "VLLM_USE_FLASHINFER_SAMPLER": "0",
     "VLLM_NO_USAGE_STATS": "1",
@@ -81,7 +83,7 @@ def _sample(cfg: dict[str, Any], out: dict[str, Any], replicas: int) -> None:
     out["texts"] = [c.text for row in done for c in row]
 
 
-def _train(cfg: dict[str, Any], out: dict[str, Any], procs: int) -> None:
+def _train(cfg: dict[str, Any], out: dict[str, Any], procs: int, fsdp: bool = False) -> None:
     work = Path(cfg["workdir"])
     examples, lora = work / "examples.jsonl", work / "lora.yaml"
     if not examples.is_file():
@@ -89,10 +91,10 @@ def _train(cfg: dict[str, Any], out: dict[str, Any], procs: int) -> None:
             for t in load_benchmark("humaneval")[: cfg["train_examples"]]:
                 f.write(json.dumps({"prompt": t.prompt, "completion": t.canonical_solution}) + "\n")
         lora.write_text("".join(f"{k}: {v}\n" for k, v in LORA.items()))
-    run = work / f"train-{procs}"
+    run = work / f"train-{procs}{'-fsdp' if fsdp else ''}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
     cmd += ["-m", "tinyforge.cli", "train", str(examples), "--model", cfg["model"], "--out", str(run)]
-    cmd += ["--config", str(lora)]
+    cmd += ["--config", str(lora), *(["--fsdp"] if fsdp else [])]
     t = time.perf_counter()
     subprocess.run(cmd, check=True)
     whole = time.perf_counter() - t
@@ -100,7 +102,7 @@ def _train(cfg: dict[str, Any], out: dict[str, Any], procs: int) -> None:
     loop = result["wall_seconds"]
     out["rows"].append(
         {
-            "what": f"LoRA training, {procs} GPU(s)",
+            "what": f"LoRA training, {procs} GPU(s){', FSDP' if fsdp else ''}",
             "wall_s": round(loop, 2),
             "steps": result["steps"],
             "s_per_step": round(loop / result["steps"], 3),
@@ -109,6 +111,7 @@ def _train(cfg: dict[str, Any], out: dict[str, Any], procs: int) -> None:
             "command_s": round(whole, 1),
             "final_loss": result["final_loss"],
             "processes": result["processes"],
+            "peak_gpu_memory_gib": result.get("peak_gpu_memory_gib"),
         }
     )
     out["adapter"] = str(run / "adapter")
@@ -119,6 +122,7 @@ PART_FUNCS = {
     "sample-2": lambda cfg, out: _sample(cfg, out, 2),
     "train-1": lambda cfg, out: _train(cfg, out, 1),
     "train-2": lambda cfg, out: _train(cfg, out, 2),
+    "train-2-fsdp": lambda cfg, out: _train(cfg, out, 2, fsdp=True),
 }
 
 
@@ -168,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'what':<34} {'wall s':>8} {'tok/s':>10}  notes")
     for r in rows:
         notes = (
-            f"{r['samples']} samples" if "samples" in r else f"{r['steps']} steps, {r['s_per_step']} s/step"
+            f"{r['samples']} samples"
+            if "samples" in r
+            else f"{r['steps']} steps, {r['s_per_step']} s/step, peak {r['peak_gpu_memory_gib']} GiB"
         )
         print(f"{r['what']:<34} {r['wall_s']:>8} {r['tok_s']:>10}  {notes}")
     summary: dict[str, Any] = {}
@@ -181,14 +187,16 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"sampling: 2 replicas {summary['sampling_speedup']}x one; same text as one: {summary['same_text']}"
         )
-    one, two = results.get("train-1"), results.get("train-2")
-    if one and two and one["rows"] and two["rows"]:
-        summary["training_speedup"] = round(one["rows"][0]["wall_s"] / two["rows"][0]["wall_s"], 2)
-        summary["adapter_max_abs_diff"] = _adapter_gap(one["adapter"], two["adapter"])
-        print(
-            f"training: 2 GPUs {summary['training_speedup']}x one; "
-            f"adapters differ by at most {summary['adapter_max_abs_diff']:.2e}"
-        )
+    one = results.get("train-1")
+    for name, key in (("train-2", ""), ("train-2-fsdp", "fsdp_")):
+        two = results.get(name)
+        if one and two and one["rows"] and two["rows"]:
+            summary[f"{key}training_speedup"] = round(one["rows"][0]["wall_s"] / two["rows"][0]["wall_s"], 2)
+            summary[f"{key}adapter_max_abs_diff"] = _adapter_gap(one["adapter"], two["adapter"])
+            print(
+                f"training ({name}): {summary[f'{key}training_speedup']}x one GPU; "
+                f"adapters differ by at most {summary[f'{key}adapter_max_abs_diff']:.2e}"
+            )
     for name, r in results.items():
         for e in r["errors"]:
             print(f"[{name}] {e}")

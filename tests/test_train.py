@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pydantic
 import pytest
 import torch
@@ -26,7 +27,7 @@ from tinyforge.generate.models import ModelRef, fetch_model, hf_folder, resolve_
 from tinyforge.recipe import RecipeConfig, Run
 from tinyforge.train import LoraConfig, collate, encode_example, train_lora
 from tinyforge.train import lora as lora_module
-from tinyforge.train.lora import launch_training
+from tinyforge.train.lora import launch_training, training_command
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:`is_gradient_checkpointing` is deprecated", "ignore:Could not find a config file"
@@ -302,6 +303,51 @@ def test_two_processes_train_the_single_process_adapter(
     worst = max(float((ours[k] - theirs[k]).abs().max()) for k in ours)
     assert worst < 1e-5, worst
     assert any(float(theirs[k].abs().max()) > 1e-3 for k in theirs)  # it did learn something
+    assert not (out / "checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_fsdp_killed_and_resumed_trains_the_single_process_adapter(
+    smol: ModelRef, trained: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The base model sharded over 2 CPU processes (FSDP on gloo, `tinyforge train --fsdp`), SIGKILLed after
+    its checkpoint at step 2 of 6, then resumed by a run's training stage (`train_processes: 2`,
+    `train_fsdp: true`): the checkpoint holds whole tensors, the resumed run cuts them into shards again,
+    and the adapter is the single process's up to floating-point rounding."""
+    config = CONFIG.model_copy(update={"save_every": 2})
+    out = tmp_path / "fsdp"
+    cmd, env = training_command(smol, EXAMPLES, out, config, processes=2, fsdp=True)  # as launch_training
+    with open(tmp_path / "log.txt", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 300
+        while not list(out.glob("checkpoint/step-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # torchrun and both training processes (each in a session of its own)
+        for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+            p.kill()
+        proc.wait()
+    assert proc.returncode == -9, (tmp_path / "log.txt").read_text()[-2000:]
+    assert not (out / "train.json").exists() and not (out / "adapter").exists()
+    assert [p.name for p in (out / "checkpoint").glob("step-*")] == ["step-00000002"]
+
+    run = Run(
+        RecipeConfig(model=smol.path, train_processes=2, train_fsdp=True, workers=1),
+        tmp_path / "run",
+        data_dir=None,
+        progress=None,
+        log=print,
+    )
+    try:
+        result = run.train(list(EXAMPLES), out, config)
+    finally:
+        run.close()
+    reference = trained[1]
+    assert result["processes"] == 2 and result["fsdp"] and result["resumed_from_step"] == 2
+    assert result["losses"] == pytest.approx(reference["losses"], rel=1e-4)
+    ours, theirs = adapter_weights(out), adapter_weights(trained[0])
+    assert ours.keys() == theirs.keys() and ours
+    worst = max(float((ours[k] - theirs[k]).abs().max()) for k in ours)
+    assert worst < 1e-5, worst
     assert not (out / "checkpoint").exists()
 
 

@@ -567,6 +567,27 @@ def test_gpu_run_yields_before_the_end(gpu_engine: VLLMEngine) -> None:
 
 
 @pytest.mark.slow
+def test_gpu_tensor_parallel(gpu_ref: ModelRef, gpu_engine: VLLMEngine) -> None:
+    """`make_engine(..., tensor_parallel=2)`: one vLLM engine over 2 GPUs (`tensor_parallel_size`) gives
+    the one-GPU engine's greedy text (up to bf16 near-ties from sums split over two GPUs)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    from tinyforge.generate.engines import make_engine
+
+    texts = [prompts.code_prompt(t, "raw") for t in _tasks(16)]
+    greedy = SamplingParams(max_new_tokens=64)
+    engine = make_engine(gpu_ref, "vllm", tensor_parallel=2, gpu_memory_utilization=0.3, max_model_len=2048)
+    try:
+        free, total = torch.cuda.mem_get_info(1)  # the one-GPU engine is on GPU 0 only
+        assert total - free > 0.2 * total, "tensor_parallel=2 left GPU 1 unused"
+        got = [cs[0].text for cs in engine.generate(texts, greedy)]
+    finally:
+        engine.close()
+    want = [cs[0].text for cs in gpu_engine.generate(texts, greedy)]
+    assert _agreement("tensor parallel 2 vs one GPU", got, want) >= 0.75 * len(want)
+
+
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Could not find a config file")
 def test_gpu_two_replicas(gpu_ref: ModelRef, gpu_engine: VLLMEngine, tmp_path: Path) -> None:
     """Two VLLMEngine replicas, one per GPU: the samples of one engine (keyed seeds), and an adapter swapped

@@ -555,10 +555,17 @@ def train(
     config: Annotated[
         Path | None, typer.Option("--config", help="LoRA settings (YAML; the paper's defaults otherwise).")
     ] = None,
+    fsdp: Annotated[
+        bool,
+        typer.Option(
+            "--fsdp", help="With several processes: shard the base model over them (FSDP), for large models."
+        ),
+    ] = False,
 ) -> None:
     """Train a LoRA on (prompt, completion) examples, the loss on the completion only. Under `accelerate
     launch` or `torchrun` (`accelerate launch -m tinyforge.cli train ...`) every process takes its share of
-    each step's micro-batches and the adapter is the single process's (docs/scaling.md)."""
+    each step's micro-batches and the adapter is the single process's (docs/scaling.md); with `--fsdp` each
+    holds only its shards of the base model."""
     from tinyforge.generate.models import ModelError
     from tinyforge.recipe import RecipeError, load_settings
     from tinyforge.train.lora import LoraConfig, read_examples, train_lora
@@ -568,7 +575,7 @@ def train(
         data = read_examples(examples)
         lead = os.environ.get("RANK", "0") == "0"  # one process draws the bar and prints
         with progress_bars() as bars:
-            result = train_lora(model, data, out, settings, progress=bars if lead else None)
+            result = train_lora(model, data, out, settings, progress=bars if lead else None, fsdp=fsdp)
     except (RecipeError, ModelError, ValueError) as e:
         fail(str(e))
     if lead:

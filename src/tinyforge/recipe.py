@@ -155,6 +155,10 @@ class RunConfig(_Config):
     train_processes: int = Field(
         1, ge=1, description="LoRA training in this many processes, one per GPU (data parallel, torchrun)."
     )
+    train_fsdp: bool = Field(
+        False,
+        description="With train_processes > 1: shard the base model over them (FSDP), for large models.",
+    )
 
 
 class RecipeConfig(RunConfig):
@@ -304,9 +308,12 @@ class Run:
         n = self.config.train_processes
         if n == 1:
             return train_lora(self.config.model, examples, out, config, progress=progress or self.progress)
-        self.log(f"training in {n} processes (log: {out / 'train.log'})")
+        how = ", the model sharded (FSDP)" if self.config.train_fsdp else ""
+        self.log(f"training in {n} processes{how} (log: {out / 'train.log'})")
         try:
-            return launch_training(self.config.model, examples, out, config, processes=n)
+            return launch_training(
+                self.config.model, examples, out, config, processes=n, fsdp=self.config.train_fsdp
+            )
         except RuntimeError as e:
             raise RecipeError(str(e)) from None
 
@@ -672,7 +679,7 @@ def control(run: Run, n_pairs: int, fmt: str) -> dict[str, Any]:
 _EXTENDING = ("rounds", "control")
 
 
-MACHINE_SETTINGS = ("workers", "gpu_memory", "replicas", "tensor_parallel", "train_processes")
+MACHINE_SETTINGS = ("workers", "gpu_memory", "replicas", "tensor_parallel", "train_processes", "train_fsdp")
 
 
 def check_settings(root: Path, config: RunConfig, extending: Sequence[str] = ()) -> None:

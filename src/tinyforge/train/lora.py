@@ -50,8 +50,13 @@ rank takes the same AdamW step, and rank 0 writes checkpoints, the adapter and `
 micro-batch is normalised by the whole window's target tokens, and the LoRA dropout of micro-batch k of step s
 draws from a generator seeded by (seed, s, k), so the adapter is the single process's whatever the number of
 processes, up to the order of floating-point sums. This is data parallelism over the LoRA's gradients (DDP's
-all-reduce without its bucketing): every rank holds the whole base model. ``launch_training`` starts such a
-run from Python (the staged runs use it when their ``train_processes`` is above 1).
+all-reduce without its bucketing): every rank holds the whole base model. With ``fsdp=True``
+(``tinyforge train --fsdp``) the ranks shard it instead (PyTorch's ``fully_shard``, a unit per decoder
+layer): each keeps 1/world of every weight, LoRA's included, gathers a layer's weights while it runs, and
+the LoRA gradients are reduce-scattered; the plan and the seeds are the same, so is the adapter. Checkpoints
+hold whole tensors either way, so a run resumes with or without sharding and with any number of processes.
+``launch_training`` starts such a run from Python (the staged runs use it when their ``train_processes`` is
+above 1; ``train_fsdp`` adds ``--fsdp``).
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 import warnings
@@ -84,6 +90,7 @@ __all__ = [
     "encode_example",
     "end_ids",
     "launch_training",
+    "training_command",
     "read_examples",
     "train_lora",
 ]
@@ -231,8 +238,11 @@ def train_lora(
     out_dir: str | os.PathLike[str],
     config: LoraConfig | None = None,
     progress: Progress | None = None,
+    fsdp: bool = False,
 ) -> dict[str, Any]:
-    """Train a LoRA on ``examples`` into ``out_dir/adapter``; returns what ``out_dir/train.json`` holds."""
+    """Train a LoRA on ``examples`` into ``out_dir/adapter``; returns what ``out_dir/train.json`` holds.
+    ``fsdp``: with several processes, shard the base model over them (each holds a part of the weights)
+    instead of giving each the whole model; the same adapter either way."""
     import peft
     import transformers
 
@@ -266,9 +276,11 @@ def train_lora(
     own_group = world > 1 and not dist.is_initialized()
     if own_group:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    sharded = fsdp and world > 1
 
-    # Load the model first: the tokenizer comes with it.
-    base, tokenizer = load_model(ref, dtype, device)
+    # Load the model first: the tokenizer comes with it. Sharded, each process loads it into host memory and
+    # keeps only its shards on the device (``_shard``).
+    base, tokenizer = load_model(ref, dtype, "cpu" if sharded else device)
     encoded = [encode_example(tokenizer, p, c, config.max_len) for p, c in pairs]
     data = [e for e in encoded if e is not None]
     if not data:
@@ -294,16 +306,21 @@ def train_lora(
         bias="none",
     )
     net = peft.get_peft_model(base, lora)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    run = {"step": 0, "losses": [], "tokens": 0, "target_tokens": 0, "seconds": 0.0}
     if state is not None:
         named = dict(net.named_parameters())
         with torch.no_grad():
             for name, tensor in state["trainable"].items():
                 named[name].copy_(tensor)
+    if sharded:
+        _shard(net, device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    run = {"step": 0, "losses": [], "tokens": 0, "target_tokens": 0, "seconds": 0.0}
+    if state is not None:
         opt.load_state_dict(state["optimizer"])
+        if sharded:
+            _shard_optimizer_state(opt)
         sched.load_state_dict(state["scheduler"])
         run = state["run"]
         log.info("resuming %s from step %d of %d", out, run["step"], len(plan))
@@ -321,10 +338,16 @@ def train_lora(
         # is the whole window's, on every rank (from the plan, no communication).
         n_target = sum(_n_target(data[i]) for m in micro for i in m)
         step_loss, tokens = 0.0, 0
-        for k, m in enumerate(micro):
-            if k % world != rank:
-                continue  # another rank's micro-batch
-            b = {key: v.to(device) for key, v in collate([data[i] for i in m], pad_id).items()}
+        # This rank's micro-batches: k = rank, rank + world, ... Sharded, every rank must run as many
+        # forward and backward passes as the others (each gathers the weights with them): one short of a
+        # micro-batch runs the step's first one again with its loss weighed by 0.
+        mine = range(rank, len(micro) if not sharded else _ceil_to(len(micro), world), world)
+        for k in mine:
+            real = k < len(micro)
+            b = {
+                key: v.to(device)
+                for key, v in collate([data[i] for i in micro[k % len(micro)]], pad_id).items()
+            }
             torch.manual_seed(_micro_seed(config.seed, step, k))  # LoRA dropout: the same on any layout
             logits = net(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
             loss = F.cross_entropy(
@@ -333,11 +356,13 @@ def train_lora(
                 ignore_index=IGNORE,
                 reduction="sum",
             ) / max(n_target, 1)  # the mean over the window's target tokens, once all are summed
-            loss.backward()
-            step_loss += loss.item()
-            tokens += int(b["attention_mask"].sum())
-        if world > 1:
-            step_loss, tokens = _sum_over_ranks(params, step_loss, tokens, device)
+            # Sharded, the gradients are averaged over the ranks in backward: times world, they are summed.
+            (loss * (world if sharded else 1) if real else loss * 0).backward()
+            if real:
+                step_loss += loss.item()
+                tokens += int(b["attention_mask"].sum())
+        if world > 1:  # sharded, the gradients were summed over the ranks in backward (reduce-scatter)
+            step_loss, tokens = _sum_over_ranks([] if sharded else params, step_loss, tokens, device)
         run["tokens"] += tokens
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -350,17 +375,20 @@ def train_lora(
             advance(1)
         if run["step"] % config.save_every == 0 and run["step"] < len(plan):
             run_now = {**run, "seconds": run["seconds"] + time.monotonic() - start}
+            trainable, opt_state = _gathered(net), _gathered(opt.state_dict())  # collective when sharded
             if rank == 0:
-                _save_checkpoint(out, net, opt, sched, fingerprint, epoch, run_now)
+                _save_checkpoint(out, net, trainable, opt_state, sched, fingerprint, epoch, run_now)
                 log.info("step %d/%d loss %.4f: checkpoint saved", run["step"], len(plan), step_loss)
             if world > 1:
                 dist.barrier()
     run["seconds"] += time.monotonic() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
 
+    trainable = _gathered(net)
     if rank == 0:
         tmp = out / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        net.save_pretrained(tmp)
+        net.save_pretrained(tmp, state_dict=trainable)
         shutil.rmtree(out / "adapter", ignore_errors=True)  # left by a run that died before train.json
         os.rename(tmp, out / "adapter")
     del net, base, params, opt, sched
@@ -376,6 +404,7 @@ def train_lora(
         "skipped_too_long": len(pairs) - len(data),
         "epochs": config.epochs,
         "processes": world,
+        "fsdp": sharded,
         "steps": len(plan),
         "resumed_from_step": resumed_from,
         "losses": run["losses"],
@@ -383,6 +412,7 @@ def train_lora(
         "tokens": run["tokens"],
         "target_tokens": run["target_tokens"],
         "wall_seconds": round(run["seconds"], 3),
+        "peak_gpu_memory_gib": None if peak is None else round(peak, 3),  # this process's (rank 0's)
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -408,24 +438,47 @@ def launch_training(
     out_dir: str | os.PathLike[str],
     config: LoraConfig | None = None,
     processes: int = 2,
+    fsdp: bool = False,
 ) -> dict[str, Any]:
     """``train_lora`` in ``processes`` processes on this host: ``torchrun -m tinyforge.cli train`` on the
     examples and settings written to ``out_dir`` (one process per GPU; on a machine without GPUs, gloo on
-    the CPU). Returns what ``out_dir/train.json`` holds; a failed launch is a one-line ``RuntimeError``
-    naming ``out_dir/train.log``, and a rerun resumes from the checkpoint like ``train_lora``."""
-    import socket
+    the CPU; ``fsdp``: the base model sharded over them). Returns what ``out_dir/train.json`` holds; a failed
+    launch is a one-line ``RuntimeError`` naming ``out_dir/train.log``, and a rerun resumes from the
+    checkpoint like ``train_lora``."""
     import subprocess
+
+    out = Path(out_dir)
+    cmd, env = training_command(model, examples, out, config, processes, fsdp)
+    with (out / "train.log").open("w") as log_file:
+        done = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, check=False)
+    if done.returncode != 0 or not (out / "train.json").is_file():
+        last = _launch_error((out / "train.log").read_text(errors="replace").splitlines())
+        raise RuntimeError(
+            f"training in {processes} processes failed (exit {done.returncode}; {out / 'train.log'}): {last}"
+        )
+    return json.loads((out / "train.json").read_text(encoding="utf-8"))
+
+
+def training_command(
+    model: str | ModelRef,
+    examples: Iterable[Example],
+    out: Path,
+    config: LoraConfig | None,
+    processes: int,
+    fsdp: bool = False,
+) -> tuple[list[str], dict[str, str]]:
+    """Write ``out/examples.jsonl`` and ``out/lora.yaml``; the ``torchrun`` command line (on a free port of
+    this host) and environment that train on them in ``processes`` processes."""
+    import socket
     import sys
 
     import yaml
 
-    config = config or LoraConfig()
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "examples.jsonl").open("w", encoding="utf-8") as f:
         for prompt, completion in examples:
             f.write(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False) + "\n")
-    (out / "lora.yaml").write_text(yaml.safe_dump(config.model_dump()))
+    (out / "lora.yaml").write_text(yaml.safe_dump((config or LoraConfig()).model_dump()))
     spec = model.path if isinstance(model, ModelRef) else str(model)
     with socket.socket() as s:  # a free port for the processes to meet on
         s.bind(("127.0.0.1", 0))
@@ -434,24 +487,37 @@ def launch_training(
         sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}",
         "--master-addr=127.0.0.1", f"--master-port={port}",
         "-m", "tinyforge.cli", "train", str(out / "examples.jsonl"), "--model", spec,
-        "--out", str(out), "--config", str(out / "lora.yaml"),
+        "--out", str(out), "--config", str(out / "lora.yaml"), *(["--fsdp"] if fsdp else []),
     ]  # fmt: skip
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     env.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast off
-    with (out / "train.log").open("w") as log_file:
-        done = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, check=False)
-    if done.returncode != 0 or not (out / "train.json").is_file():
-        lines = [ln.strip() for ln in (out / "train.log").read_text(errors="replace").splitlines()]
-        # The processes' own one-line error (``tinyforge train`` prints "error: ..."), else their last word
-        # above torchrun's failure summary.
-        said = [ln for ln in lines if ln.startswith("error:")] or [
-            ln for ln in lines if ln and not ln.startswith(("=", "-", "[", "time", "host", "rank", "exit"))
-        ]
-        last = said[-1][:300] if said else "no output"
-        raise RuntimeError(
-            f"training in {processes} processes failed (exit {done.returncode}; {out / 'train.log'}): {last}"
-        )
-    return json.loads((out / "train.json").read_text(encoding="utf-8"))
+    return cmd, env
+
+
+def _launch_error(lines: list[str]) -> str:
+    """What a failed launch's log says went wrong, in one line: the processes' own error (``tinyforge train``
+    prints "error: ..."), else the exception a process died of, else its last word above torchrun's
+    failure summary."""
+    lines = [ln.strip() for ln in lines]
+    said = [ln for ln in lines if ln.startswith("error:")]
+    died = [m.group(1) for ln in lines if (m := re.match(r"\[rank\d+\]: (\w*(?:Error|Exception)\b.*)", ln))]
+    summary = (
+        "=",
+        "-",
+        "[",
+        "*",
+        "time",
+        "host",
+        "rank",
+        "exit",
+        "error_file",
+        "traceback",
+        "Failures",
+        "Root",
+    )
+    rest = [ln for ln in lines if ln and not ln.startswith(summary)]
+    last = (said or died or rest or ["no output"])[-1]
+    return last[:300]
 
 
 def _world() -> tuple[int, int, int]:
@@ -469,6 +535,55 @@ def _micro_seed(seed: int, step: int, k: int) -> int:
     """The dropout seed of micro-batch ``k`` of optimizer step ``step``."""
     digest = hashlib.sha256(f"{seed}:{step}:{k}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _ceil_to(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def _shard(net: Any, device: str) -> None:
+    """FSDP (``fully_shard``) over all the processes: every decoder layer its own unit, the rest (embeddings,
+    final norm, head) the root's. Each process keeps 1/world of every weight on ``device`` and gathers a
+    unit's whole weights only while it runs; the LoRA gradients are reduce-scattered and averaged over the
+    ranks (the loop weighs the loss by world: summed, as ``_sum_over_ranks`` sums them unsharded)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.split(":")[0], (dist.get_world_size(),))
+    layers = set(getattr(net.get_base_model(), "_no_split_modules", None) or ())
+    for module in list(net.modules()):
+        if type(module).__name__ in layers:
+            fully_shard(module, mesh=mesh)
+    fully_shard(net, mesh=mesh)
+
+
+def _shard_optimizer_state(opt: Any) -> None:
+    """A checkpoint's whole AdamW moments, cut to this process's shards of the (sharded) weights."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    for p, st in opt.state.items():
+        if isinstance(p, DTensor):
+            for key, v in st.items():
+                if torch.is_tensor(v) and not isinstance(v, DTensor) and v.shape == p.shape:
+                    st[key] = distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
+
+
+def _gathered(obj: Any) -> Any:
+    """``obj`` (a model: its trainable weights by name; or an optimizer state dict) with whole tensors on the
+    CPU; sharded tensors are gathered, which every process must do together."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(obj, torch.nn.Module):
+        return {n: _gathered(p.detach()) for n, p in obj.named_parameters() if p.requires_grad}
+    if isinstance(obj, DTensor):
+        return obj.full_tensor().cpu()
+    if torch.is_tensor(obj):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _gathered(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_gathered(v) for v in obj]
+    return obj
 
 
 def _sum_over_ranks(params: list[Any], loss: float, tokens: int, device: str) -> tuple[float, int]:
@@ -501,7 +616,14 @@ def _latest_checkpoint(out: Path) -> Path | None:
 
 
 def _save_checkpoint(
-    out: Path, net: Any, opt: Any, sched: Any, fingerprint: str, epoch: int, run: dict[str, Any]
+    out: Path,
+    net: Any,
+    trainable: dict[str, torch.Tensor],
+    opt_state: dict[str, Any],
+    sched: Any,
+    fingerprint: str,
+    epoch: int,
+    run: dict[str, Any],
 ) -> None:
     """Write ``out/checkpoint/step-NNNNNNNN`` under a temporary name and rename it; drop older ones."""
     root = out / "checkpoint"
@@ -512,13 +634,13 @@ def _save_checkpoint(
     state = {
         "fingerprint": fingerprint,
         "epoch": epoch,
-        "trainable": {n: p.detach().cpu() for n, p in net.named_parameters() if p.requires_grad},
-        "optimizer": opt.state_dict(),
+        "trainable": trainable,
+        "optimizer": opt_state,
         "scheduler": sched.state_dict(),
         "run": run,
     }
     torch.save(state, tmp / "state.pt")
-    net.save_pretrained(tmp / "adapter")
+    net.save_pretrained(tmp / "adapter", state_dict=trainable)
     os.rename(tmp, final)
     for old in root.glob("step-*"):
         if old != final:
