@@ -42,7 +42,7 @@ def pair() -> Iterator[Replicas]:
 def test_two_replicas_give_one_engines_texts(single: HFEngine, pair: Replicas, prompts: list[str]) -> None:
     assert pair.key() == single.key() and pair.render(prompts[0]) == single.render(prompts[0])
     assert (
-        pair.backend == "HFEngine x2" and pair.with_adapter is None
+        pair.backend == "HFEngine x2" and not pair.swaps_adapters
     )  # HFEngine merges an adapter at load: the recipe builds another engine
     greedy = SamplingParams(max_new_tokens=32, stop=("\ndef ",))
     assert pair.generate(prompts, greedy) == single.generate(prompts, greedy)

@@ -286,13 +286,22 @@ def test_two_processes_train_the_single_process_adapter(
     `train_processes: 2`): each process takes every other micro-batch, the gradients are summed, and the adapter is the one process's (dropout on: each micro-batch seeds its
     own), up to floating-point rounding."""
     config = RecipeConfig(model=smol.path, train_processes=2, workers=1)
-    run = Run(config, tmp_path / "run", data_dir=None, progress=None, log=print)
+    bars: dict[str, list[int]] = {}
+
+    def progress(name: str, total: int) -> Any:
+        bars[name] = [total]
+        return bars[name].append
+
+    run = Run(config, tmp_path / "run", data_dir=None, progress=progress, log=print)
     out = tmp_path / "ddp"
     try:  # the recipe's training stage: `launch_training`, which runs `torchrun -m tinyforge.cli train`
         returned = run.train(list(EXAMPLES), out, CONFIG)
     finally:
         run.close()
     assert returned == json.loads((out / "train.json").read_text())
+    # the run's own progress bar followed the processes' steps (read from their progress file)
+    assert bars["train"][0] == 6 and sum(bars["train"][1:]) == 6, bars
+    assert not (out / lora_module.PROGRESS_FILE).exists()
     result = json.loads((out / "train.json").read_text())
     reference = trained[1]
     assert result["processes"] == 2 and result["steps"] == reference["steps"] == 6

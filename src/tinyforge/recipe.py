@@ -312,7 +312,13 @@ class Run:
         self.log(f"training in {n} processes{how} (log: {out / 'train.log'})")
         try:
             return launch_training(
-                self.config.model, examples, out, config, processes=n, fsdp=self.config.train_fsdp
+                self.config.model,
+                examples,
+                out,
+                config,
+                processes=n,
+                fsdp=self.config.train_fsdp,
+                progress=progress or self.progress,
             )
         except RuntimeError as e:
             raise RecipeError(str(e)) from None
@@ -331,9 +337,8 @@ class Run:
         engine = self._base
         if adapter is not None:
             key = str(adapter)
-            with_adapter = getattr(self._base, "with_adapter", None)
-            if with_adapter is not None:
-                engine = with_adapter(adapter)
+            if self._base.swaps_adapters:
+                engine = self._base.with_adapter(adapter)
             else:
                 if self._tuned is None or self._tuned[0] != key:
                     self._drop_tuned()

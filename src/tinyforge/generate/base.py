@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -94,6 +95,15 @@ class Completion:
 
 class Engine(ABC):
     """A model that completes prompts. Back-ends implement ``render``, ``key`` and ``run``."""
+
+    #: Whether ``with_adapter`` can swap a LoRA adapter into this engine's loaded model (vLLM). Where not, a
+    #: model with an adapter is loaded as an engine of its own.
+    swaps_adapters: bool = False
+
+    def with_adapter(self, adapter: str | os.PathLike[str] | None) -> Engine:
+        """A view of this engine that generates with ``adapter`` (None: none) on the same loaded model; only
+        where ``swaps_adapters``."""
+        raise ModelError(f"{type(self).__name__} cannot swap adapters into a loaded model")
 
     @abstractmethod
     def render(self, prompt: Prompt) -> str:

@@ -131,9 +131,8 @@ class Replicas(LocalEngine):
             )
         self.replicas = replicas
         self.backend = f"{getattr(factory, '__name__', 'engine')} x{replicas}"  # what result.json records
-        # Adapters are swapped in only where the inner engine can (VLLMEngine); callers look for the method
-        # (``getattr(engine, "with_adapter", None)``) and otherwise build an engine with the adapter.
-        self.with_adapter = self._with_adapter if hasattr(factory, "with_adapter") else None  # type: ignore[method-assign]
+        # Adapters are swapped in only where the inner engine can (VLLMEngine).
+        self.swaps_adapters = bool(getattr(factory, "swaps_adapters", False))
         ctx = mp.get_context("spawn")  # a forked child could not use CUDA; vLLM starts its own processes
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns)
         for r in range(replicas):
@@ -185,13 +184,14 @@ class Replicas(LocalEngine):
             self._procs[r].join(5)
             raise ModelError(f"replica {r} died (exit code {self._procs[r].exitcode})") from None
 
-    def _with_adapter(self, adapter: str | Path | None) -> Replicas:
+    def with_adapter(self, adapter: str | os.PathLike[str] | None) -> Replicas:
         """A view of the same replicas that generates with ``adapter`` (None: none); every replica swaps it
         in with its engine's ``with_adapter`` (so the inner engine must have one: ``VLLMEngine`` with
         ``enable_lora=True``). Use one view at a time; closing a view does nothing."""
+        if not self.swaps_adapters:
+            super().with_adapter(adapter)  # the one-line error
         view = copy.copy(self)
         view._owner = False
-        view.with_adapter = view._with_adapter  # type: ignore[method-assign]
         if adapter is None:
             view._adapter, view.adapter_sha256 = None, None
             return view

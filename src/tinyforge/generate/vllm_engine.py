@@ -176,7 +176,9 @@ class VLLMEngine(LocalEngine):
         sha = sha256_path(path)
         return LoRARequest(f"adapter-{sha[:16]}", next(self._lora_ids), str(path))
 
-    def with_adapter(self, adapter: str | Path | None) -> VLLMEngine:
+    swaps_adapters = True  # with ``enable_lora=True`` (``with_adapter`` says so otherwise)
+
+    def with_adapter(self, adapter: str | os.PathLike[str] | None) -> VLLMEngine:
         """The same running model with another LoRA adapter (None: none), without starting vLLM again: the
         engine must have been made with ``enable_lora=True`` (or an adapter). The view shares this engine's
         vLLM, so use one of them at a time; closing the view does nothing, closing this engine ends both."""

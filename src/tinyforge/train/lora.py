@@ -105,6 +105,7 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", categor
 Example = tuple[Prompt, str]  # (prompt, completion)
 Progress = Callable[[str, int], Callable[[int], None]]
 IGNORE = -100  # the label cross_entropy skips: prompt tokens and padding
+PROGRESS_FILE = ".progress.json"  # a multi-process run's steps done, for ``launch_training``
 
 
 class LoraConfig(BaseModel):
@@ -373,6 +374,8 @@ def train_lora(
         run["target_tokens"] += n_target
         if advance:
             advance(1)
+        if world > 1 and rank == 0:  # for the launching process's progress bar (``launch_training``)
+            _write_json(out / PROGRESS_FILE, {"step": run["step"], "steps": len(plan)})
         if run["step"] % config.save_every == 0 and run["step"] < len(plan):
             run_now = {**run, "seconds": run["seconds"] + time.monotonic() - start}
             trainable, opt_state = _gathered(net), _gathered(opt.state_dict())  # collective when sharded
@@ -439,22 +442,44 @@ def launch_training(
     config: LoraConfig | None = None,
     processes: int = 2,
     fsdp: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """``train_lora`` in ``processes`` processes on this host: ``torchrun -m tinyforge.cli train`` on the
     examples and settings written to ``out_dir`` (one process per GPU; on a machine without GPUs, gloo on
     the CPU; ``fsdp``: the base model sharded over them). Returns what ``out_dir/train.json`` holds; a failed
     launch is a one-line ``RuntimeError`` naming ``out_dir/train.log``, and a rerun resumes from the
-    checkpoint like ``train_lora``."""
+    checkpoint like ``train_lora``. ``progress`` gets the optimizer steps as the processes take them."""
     import subprocess
 
     out = Path(out_dir)
     cmd, env = training_command(model, examples, out, config, processes, fsdp)
+    (out / PROGRESS_FILE).unlink(missing_ok=True)
+    advance, shown = None, 0
     with (out / "train.log").open("w") as log_file:
-        done = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, check=False)
-    if done.returncode != 0 or not (out / "train.json").is_file():
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        try:
+            while True:
+                finished = proc.poll() is not None
+                try:
+                    at = json.loads((out / PROGRESS_FILE).read_text())
+                except (OSError, ValueError):
+                    at = None
+                if progress and at:
+                    advance = advance or progress("train", at["steps"])
+                    advance(at["step"] - shown)
+                    shown = at["step"]
+                if finished:
+                    break
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:  # interrupted here: stop the processes too
+                proc.terminate()
+            proc.wait()
+    (out / PROGRESS_FILE).unlink(missing_ok=True)
+    if proc.returncode != 0 or not (out / "train.json").is_file():
         last = _launch_error((out / "train.log").read_text(errors="replace").splitlines())
         raise RuntimeError(
-            f"training in {processes} processes failed (exit {done.returncode}; {out / 'train.log'}): {last}"
+            f"training in {processes} processes failed (exit {proc.returncode}; {out / 'train.log'}): {last}"
         )
     return json.loads((out / "train.json").read_text(encoding="utf-8"))
 
