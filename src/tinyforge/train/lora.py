@@ -105,7 +105,8 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", categor
 Example = tuple[Prompt, str]  # (prompt, completion)
 Progress = Callable[[str, int], Callable[[int], None]]
 IGNORE = -100  # the label cross_entropy skips: prompt tokens and padding
-PROGRESS_FILE = ".progress.json"  # a multi-process run's steps done, for ``launch_training``
+PROGRESS_FILE = ".progress.json"  # a launched run's steps done, for ``launch_training``'s progress bar
+PROGRESS_ENV = "TINYFORGE_TRAIN_PROGRESS"  # where rank 0 writes them (set by ``training_command``)
 
 
 class LoraConfig(BaseModel):
@@ -329,6 +330,7 @@ def train_lora(
 
     out.mkdir(parents=True, exist_ok=True)
     advance = progress("train", len(plan)) if progress else None
+    progress_file = Path(os.environ[PROGRESS_ENV]) if rank == 0 and os.environ.get(PROGRESS_ENV) else None
     if advance and resumed_from:
         advance(resumed_from)
     net.train()
@@ -341,10 +343,12 @@ def train_lora(
         step_loss, tokens = 0.0, 0
         # This rank's micro-batches: k = rank, rank + world, ... Sharded, every rank must run as many
         # forward and backward passes as the others (each gathers the weights with them): one short of a
-        # micro-batch runs the step's first one again with its loss weighed by 0.
+        # micro-batch runs one of the step's again with its loss weighed by 0.
         mine = range(rank, len(micro) if not sharded else _ceil_to(len(micro), world), world)
         for k in mine:
             real = k < len(micro)
+            # Sharded, FSDP averages the gradients over the ranks in backward: weighed by world, they are summed.
+            weight = 0 if not real else world if sharded else 1
             b = {
                 key: v.to(device)
                 for key, v in collate([data[i] for i in micro[k % len(micro)]], pad_id).items()
@@ -357,8 +361,7 @@ def train_lora(
                 ignore_index=IGNORE,
                 reduction="sum",
             ) / max(n_target, 1)  # the mean over the window's target tokens, once all are summed
-            # Sharded, the gradients are averaged over the ranks in backward: times world, they are summed.
-            (loss * (world if sharded else 1) if real else loss * 0).backward()
+            (loss * weight).backward()
             if real:
                 step_loss += loss.item()
                 tokens += int(b["attention_mask"].sum())
@@ -374,11 +377,12 @@ def train_lora(
         run["target_tokens"] += n_target
         if advance:
             advance(1)
-        if world > 1 and rank == 0:  # for the launching process's progress bar (``launch_training``)
-            _write_json(out / PROGRESS_FILE, {"step": run["step"], "steps": len(plan)})
+        if progress_file:
+            _write_json(progress_file, {"step": run["step"], "steps": len(plan)})
         if run["step"] % config.save_every == 0 and run["step"] < len(plan):
             run_now = {**run, "seconds": run["seconds"] + time.monotonic() - start}
-            trainable, opt_state = _gathered(net), _gathered(opt.state_dict())  # collective when sharded
+            if sharded or rank == 0:  # gathering is collective when sharded
+                trainable, opt_state = _gathered(net), _gathered(opt.state_dict())
             if rank == 0:
                 _save_checkpoint(out, net, trainable, opt_state, sched, fingerprint, epoch, run_now)
                 log.info("step %d/%d loss %.4f: checkpoint saved", run["step"], len(plan), step_loss)
@@ -387,7 +391,8 @@ def train_lora(
     run["seconds"] += time.monotonic() - start
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
 
-    trainable = _gathered(net)
+    if sharded or rank == 0:  # gathering is collective when sharded
+        trainable = _gathered(net)
     if rank == 0:
         tmp = out / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -514,7 +519,7 @@ def training_command(
         "-m", "tinyforge.cli", "train", str(out / "examples.jsonl"), "--model", spec,
         "--out", str(out), "--config", str(out / "lora.yaml"), *(["--fsdp"] if fsdp else []),
     ]  # fmt: skip
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", PROGRESS_ENV: str(out / PROGRESS_FILE)}
     env.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast off
     return cmd, env
 
