@@ -12,7 +12,10 @@ Qwen2.5-Coder-0.5B-Instruct (the embedded GGUF, converted once to a bf16 transfo
 * tinyforge ``VLLMEngine.generate``: the engine alone (rendering, token prompts, streaming, decoding);
 * tinyforge eval, ``tinyforge.evaluate.run.evaluate``: generation, sanitizing and sandboxed verification
   end to end, with a fresh cache (nothing served from it). Its tokens are counted as they pass, and the
-  notes say when the first and the last completion arrived (the rest is verification after generation);
+  notes say when the first and the last completion arrived (the rest is verification after generation),
+  and ``timeline`` lists the last sandbox jobs to finish (sent, done, verdict, run time). Run three times:
+  verifying settled programs ahead of their completions (``verify_ahead``, the default), without it, and
+  with it again; then bare vLLM once more (how much the same work moves between runs);
 * transformers ``generate`` in batches of 8 (and 256) on the first prompts: a plain sampling loop
   (left padding, the same stop strings);
 * tinyforge ``HFEngine`` (GPU defaults: bf16, batch 256, static cache + torch.compile), cold (compiling)
@@ -124,16 +127,81 @@ class Watched(Engine):
     def key(self) -> dict[str, Any]:
         return self.inner.key()
 
+    @property
+    def peeks(self) -> bool:  # type: ignore[override]
+        return self.inner.peeks
+
     def run(
         self, requests: Sequence[GenerationRequest], params: SamplingParams
     ) -> Iterator[tuple[int, Completion]]:
-        for pos, c in self.inner.run(requests, params):
+        return self._watched(self.inner.run(requests, params))
+
+    def run_peeking(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams, peek: Callable[[int, str], None]
+    ) -> Iterator[tuple[int, Completion]]:
+        return self._watched(self.inner.run_peeking(requests, params, peek))
+
+    def _watched(self, made: Iterator[tuple[int, Completion]]) -> Iterator[tuple[int, Completion]]:
+        for pos, c in made:
             now = time.perf_counter()
             self.first = self.first or now
             self.last = now
             self.samples += 1
             self.tokens += c.completion_tokens
             yield pos, c
+
+
+class TimedPool:
+    """A sandbox pool that notes when each job was sent and answered, and its verdict (the eval's timeline).
+    Other attributes are the inner pool's."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool, self.jobs = pool, []
+        self.task_of = {t.test: t.task_id for t in load_benchmark(BENCH)}  # a job's tests -> its task
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "pool":
+            raise AttributeError(name)
+        return getattr(self.pool, name)
+
+    def __enter__(self) -> TimedPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.close()
+
+    def submit(self, job: Any) -> Any:
+        rec: dict[str, Any] = {
+            "sent": time.perf_counter(),
+            "task": self.task_of.get(getattr(job, "tests", None)),
+        }
+        self.jobs.append(rec)
+        future = self.pool.submit(job)
+
+        def done(f: Any) -> None:
+            rec["done"] = time.perf_counter()
+            try:
+                v = f.result()
+                rec.update(status=v.status, duration=round(v.duration, 3))
+            except Exception as e:  # the pool closed under it
+                rec["status"] = type(e).__name__
+
+        future.add_done_callback(done)
+        return future
+
+    def timeline(self, t0: float, last_completion: float, count: int = 8) -> dict[str, Any]:
+        """The jobs still running after the last completion, and the ``count`` last to finish."""
+        ended = sorted((j for j in self.jobs if "done" in j), key=lambda j: j["done"])
+        late = [j for j in ended if j["done"] > last_completion]
+
+        def rel(j: dict[str, Any]) -> dict[str, Any]:
+            return {**j, "sent": round(j["sent"] - t0, 3), "done": round(j["done"] - t0, 3)}
+
+        return {
+            "jobs": len(self.jobs),
+            "done_after_generation": len(late),
+            "last": [rel(j) for j in ended[-count:]],
+        }
 
 
 def watch(engine: Engine) -> Watched:
@@ -251,37 +319,56 @@ def part_vllm(cfg: dict[str, Any], out: dict[str, Any]) -> None:
             key="engine",
         )
 
-    def whole_eval() -> dict[str, Any]:
-        from tinyforge.evaluate.run import evaluate
+    def whole_eval(ahead: bool = True, key: str = "eval", what: str = "") -> dict[str, Any]:
+        from tinyforge.evaluate.run import eval_pool, evaluate
+        from tinyforge.evaluate.score import read_samples
 
         watched = watch(engine)
         with tempfile.TemporaryDirectory(prefix="tinyforge-bench-") as tmp:
             t = time.perf_counter()
-            summary = evaluate(
-                BENCH,
-                watched,
-                out_dir=Path(tmp) / "out",
-                fmt="raw",
-                params=params,
-                limit=cfg["limit"],
-                cache_dir=Path(tmp) / "cache",
-            )
+            with TimedPool(eval_pool()) as pool:  # what evaluate makes when given none, watched
+                summary = evaluate(
+                    BENCH,
+                    watched,
+                    out_dir=Path(tmp) / "out",
+                    fmt="raw",
+                    params=params,
+                    limit=cfg["limit"],
+                    cache_dir=Path(tmp) / "cache",
+                    pool=pool,
+                    verify_ahead=ahead,
+                )
             wall = time.perf_counter() - t
+            timeouts = [  # what sets the tail, when a program runs into the benchmark's time limit late
+                {k: x.get(k) for k in ("task_id", "index", "finish_reason", "completion_tokens", "output")}
+                for x in read_samples(Path(tmp) / "out" / "samples.jsonl")
+                if x.get("status") == "timeout"
+            ]
         first, last = ((x or t) - t for x in (watched.first, watched.last))
         notes = f"{_pass_at(summary)}; completions from {first:.1f} s to {last:.1f} s".lstrip("; ")
         return _row(
-            "tinyforge eval (generate + sanitize + verify)",
+            "tinyforge eval (generate + sanitize + verify)" + what,
             wall,
             watched.tokens,
             watched.samples,
             notes,
-            key="eval",
+            key=key,
             generation_done_s=round(last, 3),
+            timeline=pool.timeline(t, t + last),
+            timeouts=timeouts,
             summary=summary,
         )
 
     timed("VLLMEngine.generate", engine_generate)
     timed("tinyforge eval", whole_eval)
+    timed(
+        "tinyforge eval, without verifying ahead", lambda: whole_eval(False, "eval_no_ahead", ", not ahead")
+    )
+    timed("tinyforge eval, again", lambda: whole_eval(True, "eval_again", ", again"))
+    timed(
+        "bare vLLM, again",
+        lambda: {**bare(), "key": "bare_again", "what": f"bare vLLM: LLM.generate, n={n}, again"},
+    )
     engine.close()
 
 
@@ -408,6 +495,8 @@ def print_report(meta: dict[str, Any], parts: dict[str, dict[str, Any]]) -> dict
     for num, den, label in (
         ("eval", "bare", "eval / bare vLLM (goal <= 1.2)"),
         ("eval", "bare_seeded", "eval / bare vLLM with per-sample seeds"),
+        ("eval_again", "bare_again", "eval, again / bare vLLM, again"),
+        ("eval_no_ahead", "bare", "eval without verifying ahead / bare vLLM"),
         ("engine", "bare", "VLLMEngine.generate / bare vLLM"),
         ("bare_seeded", "bare", "per-sample seeds / bare vLLM"),
     ):

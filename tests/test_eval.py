@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,48 @@ def test_verification_overlaps_generation(pool: SandboxPool, tmp_path: Path) -> 
     assert len(verdict_times) == 10
     assert sum(t < last_generated for t in verdict_times) >= 5
     assert summary["wall_s"] - summary["generation"]["wall_s"] < 2.0
+
+
+class Peeking(Canonical):
+    """``Canonical`` through ``run_peeking``, as vLLM shows samples still being generated: before each
+    completion, its text so far at three points (the answer, then the answer and part of the prose a model
+    writes after it). For ``wrong`` tasks the peeks show the right answer and the completion ends wrong (the
+    program changed after it seemed settled)."""
+
+    peeks = True
+    prose = "\n\n\n# The function above handles every case.\n# Tested by hand.\n"
+
+    def run_peeking(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams, peek: Callable[[int, str], None]
+    ) -> Iterator[tuple[int, Completion]]:
+        for pos, c in self.run(requests, params):
+            task, _ = self.by_prompt[self.render(requests[pos].prompt)]
+            seen = task.canonical_solution + self.prose
+            for cut in (len(task.canonical_solution), len(seen) - 25, len(seen) - 5):
+                peek(pos, seen[:cut])
+            yield pos, replace(c, text=c.text + self.prose)
+
+
+def test_programs_that_settle_are_verified_ahead(pool: SandboxPool, tmp_path: Path) -> None:
+    """On an engine that peeks, a sample whose program stops changing is verified before its completion
+    comes; a program that changes after all gets its own verdict. The verdicts are those of an eval that
+    does not look ahead."""
+    params = SamplingParams(n=2, temperature=0.8)
+    runs = {}
+    for ahead in (True, False):
+        engine = Peeking("humaneval", wrong=["HumanEval/2", "HumanEval/5"])
+        out = tmp_path / str(ahead)
+        runs[ahead] = evaluate(
+            "humaneval", engine, out_dir=out, fmt="raw", params=params, limit=8, cache_dir=out / "c",
+            pool=pool, verify_ahead=ahead,
+        )  # fmt: skip
+        runs[ahead]["verdicts"] = [r["passed"] for r in read_samples(out / "samples.jsonl")]
+    with_, without = runs[True], runs[False]
+    assert with_["verdicts"] == without["verdicts"] == [t not in (2, 5) for t in range(8) for _ in range(2)]
+    # 16 samples, the 2 of a task the same program: 8 programs, each run once. Ahead, every sample was sent;
+    # the wrong tasks' 4 were not the program after all, whose 2 runs were extra jobs.
+    assert with_["verification"] == {"programs": 8, "sandbox_jobs": 10, "ahead": {"sent": 16, "used": 12}}
+    assert without["verification"] == {"programs": 8, "sandbox_jobs": 8, "ahead": {"sent": 0, "used": 0}}
 
 
 def test_killed_run_resumes_from_the_cache(pool: SandboxPool, tmp_path: Path) -> None:

@@ -4,16 +4,17 @@ mode, the pair's training view, the class mix."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tinyforge.generate.base import Completion
+from tinyforge.generate.base import Completion, Engine, GenerationRequest, Prompt, SamplingParams
 from tinyforge.mine.pairs import Pair, error_text, mine_pairs, pair_stats, select_pairs
 from tinyforge.mine.problems import Problem, parse_problem
-from tinyforge.mine.solve import FAILURE_CLASSES, Attempt, make_attempt, solve_prompt
-from tinyforge.sandbox import SandboxPool, TestJob
+from tinyforge.mine.solve import FAILURE_CLASSES, Attempt, make_attempt, solve, solve_prompt
+from tinyforge.sandbox import Job, SandboxPool, TestJob
 
 PROBLEM = '''```python
 def clamp(x: int, lo: int, hi: int) -> int:
@@ -174,3 +175,43 @@ def test_pairs_stats_command(pool: SandboxPool, problem: Problem, tmp_path: Path
     path.write_text(path.read_text() + '{"v": 1, "problem_id": "x"}\n')
     bad = CliRunner().invoke(app, ["pairs", "stats", str(path)])
     assert bad.exit_code == 2 and "pairs.jsonl:3: not a pair record" in bad.output
+
+
+class Answers(Engine):
+    """Answers sample ``i`` of any prompt with ``programs[i]`` in a fenced block."""
+
+    def __init__(self, programs: Sequence[str]) -> None:
+        self.programs = programs
+
+    def render(self, prompt: Prompt) -> str:
+        return prompt if isinstance(prompt, str) else json.dumps(prompt)
+
+    def key(self) -> dict[str, Any]:
+        return {"answers": list(self.programs)}
+
+    def run(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams
+    ) -> Iterator[tuple[int, Completion]]:
+        for pos, r in enumerate(requests):
+            yield pos, Completion(f"```python\n{self.programs[r.index]}```", 10, 5, "stop")
+
+
+class CountingPool(SandboxPool):
+    def __init__(self) -> None:
+        super().__init__(workers=2)
+        self.jobs: list[Job] = []
+
+    def submit(self, job: Job) -> Any:
+        self.jobs.append(job)
+        return super().submit(job)
+
+
+def test_solve_runs_each_program_once(problem: Problem) -> None:
+    """Attempts with the same program share one sandbox run and its verdict."""
+    programs = [RIGHT, RIGHT, WRONG["assertion"], RIGHT_2, WRONG["assertion"]]
+    with CountingPool() as pool:
+        params = SamplingParams(n=len(programs), temperature=0.8)
+        attempts = sorted(solve([problem], Answers(programs), params, pool, "chat"), key=lambda a: a.index)
+    assert [a.passed for a in attempts] == [True, True, False, True, False]
+    assert [a.fclass for a in attempts] == [None, None, "assertion", None, "assertion"]
+    assert len(pool.jobs) == 3

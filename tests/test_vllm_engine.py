@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from tinyforge.data import load_benchmark
-from tinyforge.generate import models, prompts
+from tinyforge.generate import models, prompts, vllm_engine
 from tinyforge.generate.base import Completion, GenerationRequest, SamplingParams
 from tinyforge.generate.hf import HFEngine, sample_key
 from tinyforge.generate.models import ModelError, ModelRef, hf_folder, load_model, resolve_model, sha256_path
@@ -168,6 +168,8 @@ class FakeLLMEngine:
         self.added: list[str] = []
         self.steps = 0
         self.engine_core = FakeCore()
+        # vLLM's output processor: the state of each request still running, under its internal id
+        self.output_processor = types.SimpleNamespace(request_states={})
 
     def add_request(self, rid: str, prompt: dict[str, Any], params: Any, lora_request: Any = None) -> str:
         assert isinstance(rid, str) and "prompt_token_ids" in prompt
@@ -185,6 +187,7 @@ class FakeLLMEngine:
     def step(self) -> list[Any]:
         self.steps += 1
         rid, prompt, sp, lora = self.queue.pop()
+        self.output_processor.request_states.pop(f"{rid}-a1b2c3d4", None)
         eos = self.tok.eos_token_id
         words = f" seed={sp.seed} lora={lora.lora_int_id if lora else 0}"
         ids = self.tok.encode(words, add_special_tokens=False)
@@ -235,6 +238,10 @@ class FakeLLM(OldFakeLLM):
             external = str(next(self.request_counter))
             sp.output_kind = "FINAL_ONLY"
             self.llm_engine.add_request(external, p, sp, lora_request=lora_request)
+            so_far = self.llm_engine.tok.encode(f" so far {external}\nprint(", add_special_tokens=False)
+            self.llm_engine.output_processor.request_states[f"{external}-a1b2c3d4"] = types.SimpleNamespace(
+                detokenizer=types.SimpleNamespace(output_token_ids=so_far)
+            )
             out.append(f"{external}-a1b2c3d4")
         return out
 
@@ -413,6 +420,26 @@ def test_older_vllm_without_enqueue(fake_vllm: types.ModuleType, smol_hf: Path) 
 
 # --- on a GPU with vLLM --------------------------------------------------------------------------------
 
+
+@pytest.mark.slow
+def test_peeks_show_the_text_of_requests_still_running(
+    fake_engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_peeking`` decodes the tokens vLLM holds for each request not yet finished, cut at stop strings,
+    under every position that asked for it; ``run`` peeks at nothing."""
+    monkeypatch.setattr(vllm_engine, "PEEK_EVERY", 0.0)
+    params = SamplingParams(n=2, max_new_tokens=7, stop=("\nprint(",))  # greedy: one request for both
+    reqs = [GenerationRequest("def f():", 0), GenerationRequest("def f():", 1), GenerationRequest(CHAT, 0)]
+    peeks: list[tuple[int, str, int]] = []
+    done = []
+    for pos, _ in fake_engine.run_peeking(reqs, params, lambda p, t: peeks.append((p, t, len(done)))):
+        done.append(pos)
+    assert done == [2, 0, 1]  # the chat's request finished first, then the other two positions' one
+    # after step 1 the one left (request "0") is shown under both its positions; then nothing is left
+    assert peeks == [(0, " so far 0", 1), (1, " so far 0", 1)]
+    assert fake_engine.peeks and list(fake_engine.run(reqs[:1], params))
+
+
 GPU_MODEL = os.environ.get("TINYFORGE_VLLM_TEST_MODEL", "qwen2.5-coder-0.5b-instruct")
 
 
@@ -564,6 +591,37 @@ def test_gpu_run_yields_before_the_end(gpu_engine: VLLMEngine) -> None:
     assert all(c.finish_reason == "length" for pos, _, c in arrivals if pos < 4)  # counting goes on
     assert order[0] >= 4  # the first completion handed on is a short one
     assert max(when[p] for p in range(4, 8)) < 0.5 * max(when[p] for p in range(4))
+
+
+@pytest.mark.slow
+def test_gpu_peeks_show_the_text_so_far(gpu_engine: VLLMEngine) -> None:
+    """Peeks at requests still running show the start of their final text, growing, never after the end."""
+    params = SamplingParams(
+        n=4, temperature=0.8, max_new_tokens=384, stop=tuple(prompts.stops("raw")), seed=0
+    )
+    reqs = [GenerationRequest(prompts.code_prompt(t, "raw"), i) for t in _tasks(16) for i in range(4)]
+    final: dict[int, Completion] = {}
+    shown: dict[int, list[str]] = {}
+    late: list[int] = []
+
+    def peek(pos: int, text: str) -> None:
+        if pos in final:
+            late.append(pos)
+        shown.setdefault(pos, []).append(text)
+
+    for pos, c in gpu_engine.run_peeking(reqs, params, peek):
+        final[pos] = c
+    print("peeked at", len(shown), "of", len(reqs), "samples,", sum(map(len, shown.values())), "peeks")
+    assert sorted(final) == list(range(len(reqs))) and not late
+    assert shown  # 64 requests: few enough to peek at from the start
+    for pos, texts in shown.items():
+        whole = [t.rstrip("\ufffd") for t in texts]  # a character cut mid-way shows as U+FFFD
+        assert all(final[pos].text.startswith(t) for t in whole), (
+            pos,
+            whole[-1][-60:],
+            final[pos].text[-60:],
+        )
+        assert all(len(a) <= len(b) for a, b in itertools.pairwise(whole))
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ evalplus can score the file again. Math samples carry the model's whole answer a
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,6 +41,10 @@ Progress = Callable[[str, int], Callable[[int], None]]
 def default_cache_dir() -> Path:
     """Where completions are cached unless told otherwise: ``<tinyforge cache>/generations``."""
     return data_cache_dir() / "generations"
+
+
+# An indented line followed (blank lines aside) by a line at column 0: a block of code has closed.
+CLOSED_BLOCK = re.compile(r"^[ \t]+\S.*\n(?:[ \t]*\n)*(?=\S)", re.MULTILINE)
 
 
 def eval_pool(workers: int | None = None) -> Pool:
@@ -82,9 +87,17 @@ def evaluate(
     pool: Pool | None = None,
     progress: Progress | None = None,
     meta: dict[str, Any] | None = None,
+    verify_ahead: bool = True,
 ) -> dict[str, Any]:
     """Generate ``params.n`` samples per task of ``bench`` (the first ``limit`` tasks), verify each in the
     sandbox as it arrives, and write ``out_dir/result.json`` and ``out_dir/samples.jsonl``.
+
+    ``verify_ahead``: on an engine that ``peeks`` (vLLM), the program of a code sample still being generated
+    is verified each time a block of it closes (a line back at column 0 after indented ones: the function
+    is written, and the model goes on with tests or prose the program leaves out). If the completion's
+    program is that one, its verdict is already on the way. The verdicts are the same either way
+    (``Scorer`` runs a program once per task); what is saved is the wait for programs that run long (a
+    timeout is seconds) whose samples finish late.
 
     ``params.stop`` empty means the format's own stop strings. Returns the result summary: pass@1 (greedy
     when ``n == 1`` and temperature 0), unbiased pass@k, oracle best-of-n, the prompt format, the model's
@@ -121,8 +134,23 @@ def evaluate(
         verified = progress("verify", len(requests)) if progress else None
         finish: Counter[str] = Counter()
         tokens = 0
+        ahead: dict[int, str] = {}  # position -> the program verified ahead of its completion
+        closed: Counter[int] = Counter()  # position -> blocks closed in its text so far
+
+        def peek(pos: int, text: str) -> None:
+            lines = text[: text.rfind("\n") + 1]  # whole lines only
+            if (n := len(CLOSED_BLOCK.findall(lines))) <= closed[pos]:
+                return
+            closed[pos] = n
+            task = todo[pos // params.n]
+            program = to_program(task, fmt, lines)
+            if ahead.get(pos) != program:
+                ahead[pos] = program
+                scorer.submit({"task_id": task.task_id, "solution": program})
+
+        peeking = verify_ahead and b.kind == "code" and cached.peeks
         t_gen = time.perf_counter()
-        for pos, c in cached.run(requests, params):
+        for pos, c in cached.run_peeking(requests, params, peek) if peeking else cached.run(requests, params):
             task = todo[pos // params.n]
             answer = (
                 {"completion": c.text}
@@ -149,6 +177,15 @@ def evaluate(
         if len(results) != len(requests):
             raise ScoreError(f"the engine returned {len(results)} of {len(requests)} completions")
         summary = scorer.summary(results)
+        if b.kind == "code":
+            summary["verification"] = {  # sandbox jobs above programs: programs sent ahead that changed after
+                "programs": len({(s["task_id"], s.get("solution")) for s in samples}),
+                "sandbox_jobs": scorer.jobs,
+                "ahead": {
+                    "sent": len(ahead),
+                    "used": sum(samples[pos].get("solution") == prog for pos, prog in ahead.items()),
+                },
+            }
     finally:
         cache.close()
         if own_pool:

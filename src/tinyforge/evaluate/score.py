@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -313,6 +314,11 @@ class Scorer:
     ``tasks`` are the tasks that count (default: every task of the benchmark); ``need`` the ones samples
     will come for (default: all of ``tasks``), whose reference outputs are computed up front on plus
     benchmarks. BigCodeBench tasks whose libraries are not installed are ``skipped``.
+
+    A program is run once per task: a sample whose program is one already submitted for its task (at
+    temperature, samples of an easy task often are the same program) gets that job's verdict. Its verdict
+    cannot differ but for timing, and that way identical samples always agree. ``jobs`` counts the sandbox
+    jobs.
     """
 
     def __init__(
@@ -335,6 +341,9 @@ class Scorer:
             for t in self.tasks.values():
                 if miss := missing_libs(t):
                     self.skipped[t.task_id] = miss
+        self._verdicts: dict[tuple[str, str], Future[SampleResult]] = {}  # (task, program) -> its verdict
+        self._lock = threading.Lock()
+        self.jobs = 0
         self.expected: dict[str, Expected] | None = None
         if self.name in PLUS_BENCHES:
             wanted = set(self.tasks) if need is None else set(need)
@@ -356,6 +365,10 @@ class Scorer:
             program = program_of(task, sample)
         except ScoreError:
             return _done(SampleResult(task.task_id, False, "error", "sample has no code"))
+        key = (task.task_id, program)
+        with self._lock:
+            if (seen := self._verdicts.get(key)) is not None:
+                return seen
         if self.expected is not None and task.task_id not in self.expected:
             self.expected.update(expected_outputs(self.name, [task], self.pool))
         (job,) = check_jobs(self.name, [(task, program)], self.expected)
@@ -366,7 +379,12 @@ class Scorer:
                 return _judge_plus(self.name, task, self.expected[task.task_id], r)
             return SampleResult(task.task_id, r.passed, r.status, r.detail)
 
-        return then(self.pool.submit(job), result)
+        with self._lock:
+            if (seen := self._verdicts.get(key)) is not None:  # submitted by another thread meanwhile
+                return seen
+            self._verdicts[key] = verdict = then(self.pool.submit(job), result)
+            self.jobs += 1
+        return verdict
 
     def summary(self, results: list[SampleResult]) -> dict[str, Any]:
         return summarize(self.name, self.tasks, results, self.skipped, self.expected)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -93,12 +93,18 @@ class Completion:
     finish_reason: Literal["stop", "length"]
 
 
+#: ``peek(position, text so far)``: what ``Engine.run_peeking`` calls for samples still being generated.
+Peek = Callable[[int, str], None]
+
+
 class Engine(ABC):
     """A model that completes prompts. Back-ends implement ``render``, ``key`` and ``run``."""
 
     #: Whether ``with_adapter`` can swap a LoRA adapter into this engine's loaded model (vLLM). Where not, a
     #: model with an adapter is loaded as an engine of its own.
     swaps_adapters: bool = False
+    #: Whether ``run_peeking`` shows the text of samples still being generated (vLLM). Where not, it is ``run``.
+    peeks: bool = False
 
     def with_adapter(self, adapter: str | os.PathLike[str] | None) -> Engine:
         """A view of this engine that generates with ``adapter`` (None: none) on the same loaded model; only
@@ -118,6 +124,15 @@ class Engine(ABC):
         self, requests: Sequence[GenerationRequest], params: SamplingParams
     ) -> Iterator[tuple[int, Completion]]:
         """Yield ``(position in requests, completion)`` for every request, in any order, as each is done."""
+
+    def run_peeking(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams, peek: Peek
+    ) -> Iterator[tuple[int, Completion]]:
+        """``run``, on an engine that ``peeks`` also calling ``peek(position, text so far)`` now and then for
+        samples still being generated, from the thread that iterates. A caller can start on work the final
+        text will likely need (``tinyforge eval`` verifies a program that has stopped changing), but must
+        treat the text as unfinished: the sample's completion comes as usual."""
+        return self.run(requests, params)
 
     def plan(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[list[int]]:
         """The groups (positions in ``requests``) that ``run`` generates together, where a sample's text may

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tinyforge.generate.base import Completion, Engine, GenerationRequest, Prompt, SamplingParams
+from tinyforge.generate.base import Completion, Engine, GenerationRequest, Peek, Prompt, SamplingParams
 
 __all__ = ["SCHEMA_VERSION", "CachedEngine", "GenerationCache", "cache_key"]
 
@@ -84,13 +84,22 @@ class CachedEngine(Engine):
     def key(self) -> dict[str, Any]:
         return self.engine.key()
 
+    @property
+    def peeks(self) -> bool:  # type: ignore[override]
+        return self.engine.peeks
+
+    def run_peeking(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams, peek: Peek
+    ) -> Iterator[tuple[int, Completion]]:
+        return self.run(requests, params, peek)
+
     def run(
-        self, requests: Sequence[GenerationRequest], params: SamplingParams
+        self, requests: Sequence[GenerationRequest], params: SamplingParams, peek: Peek | None = None
     ) -> Iterator[tuple[int, Completion]]:
         """Cached samples first, then the rest from the engine. The engine gets every group of its
         ``plan`` that lacks a sample, whole: a resumed run forms the batches an uninterrupted run formed,
         so a deterministic engine gives it the same text. Samples regenerated that way keep their cached
-        text."""
+        text. ``peek`` (``run_peeking``) sees the samples the engine makes, under their positions here."""
         engine_key = self.engine.key()
         wanted: dict[str, list[int]] = {}  # key -> positions in requests that want it
         unique: list[GenerationRequest] = []
@@ -109,7 +118,18 @@ class CachedEngine(Engine):
             return
         groups = [g for g in self.engine.plan(unique, params) if any(missing[j] for j in g)]
         todo = sorted(j for g in groups for j in g)
-        for t, completion in self.engine.run([unique[j] for j in todo], params):
+        asked = [unique[j] for j in todo]
+        if peek is None:
+            made = self.engine.run(asked, params)
+        else:
+
+            def peeked(t: int, text: str) -> None:
+                if missing[todo[t]]:
+                    for i in wanted[keys[todo[t]]]:
+                        peek(i, text)
+
+            made = self.engine.run_peeking(asked, params, peeked)
+        for t, completion in made:
             j = todo[t]
             if not missing[j]:
                 continue  # generated again only to keep its batch as it was

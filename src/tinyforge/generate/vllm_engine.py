@@ -25,6 +25,12 @@ were rejected: ``LLM.generate`` on chunks of requests in a background thread dra
 of every chunk, and a thread that drives ``step()`` needs locking around the engine and careful shutdown.
 A run whose generator is closed early (an exception or ``break`` in the caller) aborts what is left.
 
+Peeks. ``run_peeking`` also shows the caller the text so far of each request still running, every
+``PEEK_EVERY`` seconds: the text vLLM's output processor has detokenized for it (``llm_engine.
+output_processor.request_states[internal id].detokenizer.output_text``, vLLM 0.26; it decodes as the
+transformers tokenizer does, and checks stop strings on it), less a possible start of a stop string. Reading
+it costs nothing: vLLM detokenizes every step anyway. A vLLM without that state is run without peeks.
+
 Sampling. Sample ``i`` of a prompt gets vLLM's per-request ``seed`` = ``sample_key(seed, rendered prompt,
 i)``; vLLM gives each seeded request its own ``torch.Generator``, so its noise does not depend on what else
 is in the batch (the logits still do, slightly, in bf16: a near-tie can flip a token; vLLM's
@@ -49,6 +55,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +64,7 @@ from tinyforge.generate.base import (
     Completion,
     GenerationRequest,
     LocalEngine,
+    Peek,
     SamplingParams,
     free_memory,
     sample_key,
@@ -65,6 +73,9 @@ from tinyforge.generate.models import ModelError, ModelRef, hf_folder, resolve_m
 from tinyforge.generate.sanitize import cut_at_stop
 
 __all__ = ["INSTALL_HINT", "VLLMEngine", "import_vllm"]
+
+# Peeks (``run_peeking``): every PEEK_EVERY seconds, the text so far of each request still running.
+PEEK_EVERY = 0.25
 
 INSTALL_HINT = (
     "vLLM is not installed: `pip install vllm` on a Linux machine with a CUDA GPU, or use --backend hf"
@@ -177,6 +188,7 @@ class VLLMEngine(LocalEngine):
         return LoRARequest(f"adapter-{sha[:16]}", next(self._lora_ids), str(path))
 
     swaps_adapters = True  # with ``enable_lora=True`` (``with_adapter`` says so otherwise)
+    peeks = True
 
     def with_adapter(self, adapter: str | os.PathLike[str] | None) -> VLLMEngine:
         """The same running model with another LoRA adapter (None: none), without starting vLLM again: the
@@ -204,8 +216,13 @@ class VLLMEngine(LocalEngine):
 
     # --- the Engine interface ----------------------------------------------------------------------------
 
+    def run_peeking(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams, peek: Peek
+    ) -> Iterator[tuple[int, Completion]]:
+        return self.run(requests, params, peek)
+
     def run(
-        self, requests: Sequence[GenerationRequest], params: SamplingParams
+        self, requests: Sequence[GenerationRequest], params: SamplingParams, peek: Peek | None = None
     ) -> Iterator[tuple[int, Completion]]:
         if self.llm is None:
             raise ModelError("this VLLMEngine was closed")
@@ -233,7 +250,7 @@ class VLLMEngine(LocalEngine):
                 vparams.append(self._sampling_params(params, key))
             positions[j].append(pos)
         if prompts:
-            yield from self._stream(prompts, vparams, positions, params)
+            yield from self._stream(prompts, vparams, positions, params, peek)
 
     # --- vLLM ----------------------------------------------------------------------------------------------
 
@@ -250,15 +267,18 @@ class VLLMEngine(LocalEngine):
             skip_special_tokens=True,
         )
 
-    def _submit(self, prompts: list[dict[str, Any]], vparams: list[Any]) -> list[str]:
-        """Add the requests to vLLM (which starts on them at once); their ids as outputs will carry them."""
+    def _submit(self, prompts: list[dict[str, Any]], vparams: list[Any]) -> tuple[list[str], list[str]]:
+        """Add the requests to vLLM (which starts on them at once): the ids their outputs will carry, and
+        vLLM's internal ids (what its output processor keys their state on)."""
         if hasattr(self.llm, "enqueue"):
-            internal = self.llm.enqueue(prompts, vparams, lora_request=self.lora, use_tqdm=False)
-            ids = [str(rid).split("-", 1)[0] for rid in internal]  # "<counter>-<random>" -> "<counter>"
+            internal = [
+                str(rid) for rid in self.llm.enqueue(prompts, vparams, lora_request=self.lora, use_tqdm=False)
+            ]
+            ids = [rid.split("-", 1)[0] for rid in internal]  # "<counter>-<random>" -> "<counter>"
             if len(set(ids)) != len(ids):
                 self.llm.llm_engine.abort_request(sorted(set(ids)))
                 raise ModelError(f"unexpected vLLM request ids {internal[:3]}; is this vLLM 0.26?")
-            return ids
+            return ids, internal
         ids = []  # older vLLM: add to the engine directly (it still takes raw prompts there)
         try:
             for p, sp in zip(prompts, vparams, strict=True):
@@ -269,7 +289,7 @@ class VLLMEngine(LocalEngine):
             if ids:
                 self.llm.llm_engine.abort_request(ids)
             raise
-        return ids
+        return ids, ids
 
     def _stream(
         self,
@@ -277,15 +297,19 @@ class VLLMEngine(LocalEngine):
         vparams: list[Any],
         positions: list[list[int]],
         params: SamplingParams,
+        peek: Peek | None = None,
     ) -> Iterator[tuple[int, Completion]]:
         engine = self.llm.llm_engine
         self._running = True
         pending: set[int] = set()
         ids: list[str] = []
         try:
-            ids = self._submit(prompts, vparams)
+            ids, internal = self._submit(prompts, vparams)
             index = {rid: j for j, rid in enumerate(ids)}
             pending = set(range(len(ids)))
+            # The state vLLM's output processor keeps of each request (tokens so far): where peeks look.
+            states = getattr(getattr(engine, "output_processor", None), "request_states", None)
+            peeked = time.monotonic()
             while pending:
                 if not engine.has_unfinished_requests():
                     raise ModelError(f"vLLM stopped with {len(pending)} of {len(ids)} requests unanswered")
@@ -297,10 +321,35 @@ class VLLMEngine(LocalEngine):
                     completion = self._completion(out, params)
                     for pos in positions[j]:
                         yield pos, completion
+                if peek is not None and isinstance(states, dict) and time.monotonic() - peeked >= PEEK_EVERY:
+                    for j in sorted(pending):
+                        if (text := self._text_so_far(states.get(internal[j]), params)) is not None:
+                            for pos in positions[j]:
+                                peek(pos, text)
+                    peeked = time.monotonic()
         finally:
             self._running = False
             if pending:  # closed early (or failed): stop the GPU work nobody will read
                 engine.abort_request([ids[j] for j in sorted(pending)])
+
+    def _text_so_far(self, state: Any, params: SamplingParams) -> str | None:
+        """The text of a running request (vLLM's output processor state) that its completion will start with:
+        vLLM's incremental detokenization (the transformers tokenizer's decode of the token ids where vLLM
+        keeps no text), less the characters that could be the start of a stop string (what vLLM holds back
+        when it streams). None when there is none yet."""
+        detok = getattr(state, "detokenizer", None)
+        text = getattr(detok, "output_text", None)
+        if not isinstance(text, str):
+            tokens = getattr(detok, "output_token_ids", None)
+            if not tokens:
+                return None
+            text = self.tokenizer.decode(list(tokens), skip_special_tokens=True)
+        stops = [s for s in params.stop if s]
+        hold = max(map(len, stops), default=1) - 1
+        cut = cut_at_stop(text, stops)
+        if hold and len(cut) == len(text):
+            cut = cut[: len(cut) - hold]
+        return cut or None
 
     def _completion(self, out: Any, params: SamplingParams) -> Completion:
         """A ``Completion`` from a finished ``vllm.RequestOutput`` (one sample), post-processed as HFEngine's."""

@@ -20,7 +20,7 @@ from tinyforge.generate.base import Completion, Engine, GenerationRequest, Sampl
 from tinyforge.generate.prompts import code_prompt, stops, to_program
 from tinyforge.generate.sanitize import is_stub
 from tinyforge.mine.problems import Problem
-from tinyforge.sandbox import Pool, TestJob, Verdict
+from tinyforge.sandbox import Pool, TestJob, Verdict, then
 
 __all__ = [
     "FAILURE_CLASSES",
@@ -157,19 +157,22 @@ def solve(
     """``params.n`` attempts at each problem, each verified in the sandbox while the engine keeps writing.
     Yields attempts as their verdicts arrive (any order). ``done``: ``(problem id, index)`` pairs to skip
     (attempts a resumed run already has). They are still asked of the engine, which with a generation
-    cache serves them from it: the engine then batches the rest as in a run that was never interrupted."""
+    cache serves them from it: the engine then batches the rest as in a run that was never interrupted.
+    A program is run once per problem: attempts with the same program share its verdict."""
     params = params if params.stop else SamplingParams(**{**asdict(params), "stop": tuple(stops(fmt))})
     skip = set(done)
     work = [(p, i) for p in problems for i in range(params.n)]
     requests = [GenerationRequest(solve_prompt(p, fmt), i) for p, i in work]
     pending: list[Future[Attempt]] = []
+    runs: dict[tuple[str, str], Future[Any]] = {}  # (problem, program) -> its run in the sandbox
     for pos, c in engine.run(requests, params):
         p, i = work[pos]
         if (p.id, i) in skip:
             continue
         program = to_program(p.as_task(), fmt, c.text)
-        fut = pool.submit(TestJob(program, p.test_code(), timeout))
-        pending.append(_then(fut, lambda v, p=p, i=i, c=c, prog=program: make_attempt(p, fmt, i, c, v, prog)))
+        if (run := runs.get((p.id, program))) is None:
+            run = runs[p.id, program] = pool.submit(TestJob(program, p.test_code(), timeout))
+        pending.append(then(run, lambda v, p=p, i=i, c=c, prog=program: make_attempt(p, fmt, i, c, v, prog)))
         while pending and pending[0].done():
             yield _advance(pending.pop(0), progress)
     for f in pending:
@@ -181,16 +184,3 @@ def _advance(f: Future[Attempt], progress: Callable[[int], None] | None) -> Atte
     if progress:
         progress(1)
     return a
-
-
-def _then(fut: Future[Any], fn: Callable[[Any], Attempt]) -> Future[Attempt]:
-    out: Future[Attempt] = Future()
-
-    def done(f: Future[Any]) -> None:
-        try:
-            out.set_result(fn(f.result()))
-        except BaseException as e:  # handed to whoever waits on `out`
-            out.set_exception(e)
-
-    fut.add_done_callback(done)
-    return out
