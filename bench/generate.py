@@ -14,7 +14,7 @@ Qwen2.5-Coder-0.5B-Instruct (the embedded GGUF, converted once to a bf16 transfo
   end to end, with a fresh cache (nothing served from it). Its tokens are counted as they pass, and the
   notes say when the first and the last completion arrived (the rest is verification after generation),
   and ``timeline`` lists the last sandbox jobs to finish (sent, done, verdict, run time). Run three times:
-  verifying settled programs ahead of their completions (``verify_ahead``, the default), without it, and
+  verifying finished functions ahead of their completions (``verify_ahead``, the default), without it, and
   with it again; then bare vLLM once more (how much the same work moves between runs);
 * transformers ``generate`` in batches of 8 (and 256) on the first prompts: a plain sampling loop
   (left padding, the same stop strings);
@@ -53,7 +53,7 @@ from benchutil import git_commit, log, parse_args, run_part, version
 
 from tinyforge.data import load_benchmark
 from tinyforge.generate import prompts
-from tinyforge.generate.base import Completion, Engine, GenerationRequest, Prompt, SamplingParams
+from tinyforge.generate.base import Completion, Engine, GenerationRequest, Peek, Prompt, SamplingParams
 from tinyforge.generate.models import ModelRef, hf_folder, resolve_model
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
@@ -137,7 +137,7 @@ class Watched(Engine):
         return self._watched(self.inner.run(requests, params))
 
     def run_peeking(
-        self, requests: Sequence[GenerationRequest], params: SamplingParams, peek: Callable[[int, str], None]
+        self, requests: Sequence[GenerationRequest], params: SamplingParams, peek: Peek
     ) -> Iterator[tuple[int, Completion]]:
         return self._watched(self.inner.run_peeking(requests, params, peek))
 

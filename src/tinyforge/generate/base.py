@@ -130,7 +130,7 @@ class Engine(ABC):
     ) -> Iterator[tuple[int, Completion]]:
         """``run``, on an engine that ``peeks`` also calling ``peek(position, text so far)`` now and then for
         samples still being generated, from the thread that iterates. A caller can start on work the final
-        text will likely need (``tinyforge eval`` verifies a program that has stopped changing), but must
+        text will likely need (``tinyforge eval`` verifies a function the model has finished writing), but must
         treat the text as unfinished: the sample's completion comes as usual."""
         return self.run(requests, params)
 

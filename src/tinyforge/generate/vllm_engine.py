@@ -307,7 +307,7 @@ class VLLMEngine(LocalEngine):
             ids, internal = self._submit(prompts, vparams)
             index = {rid: j for j, rid in enumerate(ids)}
             pending = set(range(len(ids)))
-            # The state vLLM's output processor keeps of each request (tokens so far): where peeks look.
+            # The state vLLM's output processor keeps of each request (its text so far): where peeks look.
             states = getattr(getattr(engine, "output_processor", None), "request_states", None)
             peeked = time.monotonic()
             while pending:
