@@ -238,9 +238,8 @@ class FakeLLM(OldFakeLLM):
             external = str(next(self.request_counter))
             sp.output_kind = "FINAL_ONLY"
             self.llm_engine.add_request(external, p, sp, lora_request=lora_request)
-            so_far = self.llm_engine.tok.encode(f" so far {external}\nprint(", add_special_tokens=False)
             self.llm_engine.output_processor.request_states[f"{external}-a1b2c3d4"] = types.SimpleNamespace(
-                detokenizer=types.SimpleNamespace(output_token_ids=so_far)
+                detokenizer=types.SimpleNamespace(output_text=f" so far {external}\nprint(")
             )
             out.append(f"{external}-a1b2c3d4")
         return out
@@ -425,7 +424,7 @@ def test_older_vllm_without_enqueue(fake_vllm: types.ModuleType, smol_hf: Path) 
 def test_peeks_show_the_text_of_requests_still_running(
     fake_engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``run_peeking`` decodes the tokens vLLM holds for each request not yet finished, cut at stop strings,
+    """``run_peeking`` shows the text vLLM has detokenized for each request not yet finished, cut at stop strings,
     under every position that asked for it; ``run`` peeks at nothing."""
     monkeypatch.setattr(vllm_engine, "PEEK_EVERY", 0.0)
     params = SamplingParams(n=2, max_new_tokens=7, stop=("\nprint(",))  # greedy: one request for both

@@ -309,6 +309,8 @@ class VLLMEngine(LocalEngine):
             pending = set(range(len(ids)))
             # The state vLLM's output processor keeps of each request (its text so far): where peeks look.
             states = getattr(getattr(engine, "output_processor", None), "request_states", None)
+            stops = [s for s in params.stop if s]
+            hold = max(map(len, stops), default=1) - 1
             peeked = time.monotonic()
             while pending:
                 if not engine.has_unfinished_requests():
@@ -323,7 +325,7 @@ class VLLMEngine(LocalEngine):
                         yield pos, completion
                 if peek is not None and isinstance(states, dict) and time.monotonic() - peeked >= PEEK_EVERY:
                     for j in sorted(pending):
-                        if (text := self._text_so_far(states.get(internal[j]), params)) is not None:
+                        if (text := self._text_so_far(states.get(internal[j]), stops, hold)) is not None:
                             for pos in positions[j]:
                                 peek(pos, text)
                     peeked = time.monotonic()
@@ -332,20 +334,14 @@ class VLLMEngine(LocalEngine):
             if pending:  # closed early (or failed): stop the GPU work nobody will read
                 engine.abort_request([ids[j] for j in sorted(pending)])
 
-    def _text_so_far(self, state: Any, params: SamplingParams) -> str | None:
+    @staticmethod
+    def _text_so_far(state: Any, stops: list[str], hold: int) -> str | None:
         """The text of a running request (vLLM's output processor state) that its completion will start with:
-        vLLM's incremental detokenization (the transformers tokenizer's decode of the token ids where vLLM
-        keeps no text), less the characters that could be the start of a stop string (what vLLM holds back
-        when it streams). None when there is none yet."""
-        detok = getattr(state, "detokenizer", None)
-        text = getattr(detok, "output_text", None)
+        what vLLM has detokenized so far, less the last ``hold`` characters, which could be the start of a
+        stop string (what vLLM holds back when it streams). None when there is none (yet)."""
+        text = getattr(getattr(state, "detokenizer", None), "output_text", None)
         if not isinstance(text, str):
-            tokens = getattr(detok, "output_token_ids", None)
-            if not tokens:
-                return None
-            text = self.tokenizer.decode(list(tokens), skip_special_tokens=True)
-        stops = [s for s in params.stop if s]
-        hold = max(map(len, stops), default=1) - 1
+            return None
         cut = cut_at_stop(text, stops)
         if hold and len(cut) == len(text):
             cut = cut[: len(cut) - hold]
