@@ -1,9 +1,12 @@
 """Generation speed on one GPU: bare vLLM, tinyforge's vLLM engine and whole eval, plain transformers.
 
-The work is HumanEval, raw format (``prompts.code_prompt(task, "raw")``, stops ``prompts.stops("raw")``),
-``--n`` samples per task (default 8) at ``--temperature`` (0.8), up to ``--max-tokens`` (512) each, with
+The work is HumanEval in each prompt format of ``--format`` (default ``auto``: the one ``tinyforge eval``
+picks for the model, chat for an instruct model with a chat template; ``--format chat,raw`` runs both;
+prompts ``prompts.task_prompt``, stops ``prompts.task_stops``, as the eval makes them), ``--n`` samples per
+task (default 8) at ``--temperature`` (0.8), up to ``--max-tokens`` (512) each, with
 Qwen2.5-Coder-0.5B-Instruct (the embedded GGUF, converted once to a bf16 transformers folder by
-``hf_folder``; or ``--model``). Rows:
+``hf_folder``; or ``--model``). The vLLM rows run for every format, on the token ids ``VLLMEngine`` sends
+(a chat rendered by the model's chat template); the transformers rows for the first format only. Rows:
 
 * bare vLLM, ``LLM.generate`` with ``SamplingParams(n=8)``: the reference, what vLLM does alone;
 * bare vLLM with per-sample seeds: the same samples as 8 requests of ``n=1``, each seeded with tinyforge's
@@ -27,7 +30,8 @@ counts include the end-of-sequence token, tinyforge's do not. Each group of rows
 subprocess (one model load each; vLLM's memory is only really freed when its process ends), and a failed
 part is reported while the others still run. The model is converted before any timing.
 
-    .venv/bin/python bench/generate.py [--quick] [--model SPEC] [--json OUT] [--parts vllm,hf-generate,hf-engine]
+    .venv/bin/python bench/generate.py [--quick] [--model SPEC] [--format auto|raw|chat[,...]] [--json OUT]
+        [--parts vllm,hf-generate,hf-engine]
 
 Needs a CUDA GPU, torch and transformers; vLLM for the vLLM rows. Prints numbers, asserts nothing.
 """
@@ -89,19 +93,20 @@ def _device() -> dict[str, Any]:
     }
 
 
-def _texts(cfg: dict[str, Any], count: int | None = None) -> list[str]:
+def _prompts(cfg: dict[str, Any], fmt: str, count: int | None = None) -> list[Prompt]:
+    """The eval's prompts in format ``fmt`` for the first ``count`` tasks (default: ``--limit``)."""
     tasks = load_benchmark(BENCH)
     limit = cfg["limit"] if count is None else count
-    return [str(prompts.code_prompt(t, "raw")) for t in tasks[:limit]]
+    return [prompts.task_prompt(t, fmt) for t in tasks[:limit]]
 
 
-def _params(cfg: dict[str, Any]) -> SamplingParams:
+def _params(cfg: dict[str, Any], fmt: str) -> SamplingParams:
     return SamplingParams(
         n=cfg["n"],
         temperature=cfg["temperature"],
         top_p=cfg["top_p"],
         max_new_tokens=cfg["max_tokens"],
-        stop=tuple(prompts.stops("raw")),
+        stop=tuple(prompts.task_stops(load_benchmark(BENCH)[0], fmt)),
         seed=cfg["seed"],
     )
 
@@ -232,82 +237,82 @@ def _pass_at(summary: Any) -> str:
 
 
 def part_vllm(cfg: dict[str, Any], out: dict[str, Any]) -> None:
-    """Bare vLLM (n=8, then per-sample seeds), VLLMEngine.generate and the whole eval, on one vLLM instance."""
+    """For each format: bare vLLM (n=8, then per-sample seeds), VLLMEngine.generate and the whole eval (three
+    times), then bare vLLM again, on one vLLM instance."""
     import vllm
 
-    from tinyforge.generate.hf import sample_key
     from tinyforge.generate.vllm_engine import VLLMEngine
 
     out.update(_device(), vllm=vllm.__version__)
     ref = ModelRef(**cfg["ref"])
-    texts = _texts(cfg)
-    params = _params(cfg)
-    stops = list(params.stop)
     start = time.perf_counter()
-    engine: VLLMEngine | None = None
-    try:
-        engine = VLLMEngine(
-            ref, gpu_memory_utilization=cfg["gpu_memory_utilization"], max_model_len=cfg["max_model_len"]
-        )
-        llm = engine.llm
-    except Exception as e:  # still time bare vLLM
-        out["errors"].append(f"VLLMEngine failed to start ({e!r}); bare vLLM rows only")
-        llm = vllm.LLM(
-            model=cfg["folder"],
-            dtype="bfloat16",
-            gpu_memory_utilization=cfg["gpu_memory_utilization"],
-            max_model_len=cfg["max_model_len"],
-            seed=0,
-        )
+    engine = VLLMEngine(
+        ref, gpu_memory_utilization=cfg["gpu_memory_utilization"], max_model_len=cfg["max_model_len"]
+    )
+    llm = engine.llm
     out["start_s"] = round(time.perf_counter() - start, 1)
     log(f"vLLM started in {out['start_s']} s")
-    llm.generate(texts[:2], vllm.SamplingParams(max_tokens=8), use_tqdm=False)  # warm-up
+    llm.generate(
+        [{"prompt_token_ids": engine.encode("def f():")}] * 2,
+        vllm.SamplingParams(max_tokens=8),
+        use_tqdm=False,
+    )
+    for fmt in cfg["formats"]:
+        _vllm_rows(cfg, out, fmt, engine)
+    engine.close()
+
+
+def _vllm_rows(cfg: dict[str, Any], out: dict[str, Any], fmt: str, engine: Any) -> None:
+    """The vLLM rows of one prompt format, on ``engine`` (a started VLLMEngine) and its ``LLM``."""
+    import vllm
+
+    from tinyforge.generate.hf import sample_key
+
+    llm = engine.llm
+    todo = _prompts(cfg, fmt)
+    params = _params(cfg, fmt)
+    # What VLLMEngine sends: the token ids of the rendered prompt (a chat through the chat template).
+    ids = [engine.encode(p) for p in todo]
+    n = params.n
+    samples = len(todo) * n
 
     def vparams(**kw: Any) -> Any:
         return vllm.SamplingParams(
             temperature=params.temperature,
             top_p=params.top_p,
             max_tokens=params.max_new_tokens,
-            stop=stops,
+            stop=list(params.stop),
             **kw,
         )
 
     def timed(name: str, fn: Callable[[], dict[str, Any]]) -> None:
-        log(name)
+        log(f"{name} ({fmt})")
         llm.reset_prefix_cache()
         try:
-            out["rows"].append(fn())
+            out["rows"].append({**fn(), "format": fmt})
         except Exception:
-            out["errors"].append(f"{name}: {traceback.format_exc(limit=4)}")
-
-    n = params.n
-    samples = len(texts) * n
+            out["errors"].append(f"{name} ({fmt}): {traceback.format_exc(limit=4)}")
 
     def bare() -> dict[str, Any]:
         t = time.perf_counter()
-        res = llm.generate(texts, vparams(n=n), use_tqdm=False)
+        res = llm.generate([{"prompt_token_ids": x} for x in ids], vparams(n=n), use_tqdm=False)
         wall = time.perf_counter() - t
         tokens = sum(len(o.token_ids) for r in res for o in r.outputs)
         return _row(f"bare vLLM: LLM.generate, n={n}", wall, tokens, samples, key="bare")
 
     def bare_seeded() -> dict[str, Any]:
-        reqs = [(text, i) for text in texts for i in range(n)]
-        sps = [vparams(n=1, seed=sample_key(params.seed, text, i)) for text, i in reqs]
+        reqs = [(p, x, i) for p, x in zip(todo, ids, strict=True) for i in range(n)]
+        sps = [vparams(n=1, seed=sample_key(params.seed, engine.render(p), i)) for p, _, i in reqs]
         t = time.perf_counter()
-        res = llm.generate([text for text, _ in reqs], sps, use_tqdm=False)
+        res = llm.generate([{"prompt_token_ids": x} for _, x, _ in reqs], sps, use_tqdm=False)
         wall = time.perf_counter() - t
         tokens = sum(len(o.token_ids) for r in res for o in r.outputs)
         return _row("bare vLLM: per-sample seeds (n=1 each)", wall, tokens, samples, key="bare_seeded")
 
-    timed("bare vLLM", bare)
-    timed("bare vLLM, per-sample seeds", bare_seeded)
-    if engine is None:
-        return
-
     def engine_generate() -> dict[str, Any]:
         watched = watch(engine)
         t = time.perf_counter()
-        watched.generate(texts, params)
+        watched.generate(todo, params)
         wall = time.perf_counter() - t
         first = (watched.first or t) - t
         return _row(
@@ -331,7 +336,7 @@ def part_vllm(cfg: dict[str, Any], out: dict[str, Any]) -> None:
                     BENCH,
                     watched,
                     out_dir=Path(tmp) / "out",
-                    fmt="raw",
+                    fmt=fmt,
                     params=params,
                     limit=cfg["limit"],
                     cache_dir=Path(tmp) / "cache",
@@ -359,6 +364,8 @@ def part_vllm(cfg: dict[str, Any], out: dict[str, Any]) -> None:
             summary=summary,
         )
 
+    timed("bare vLLM", bare)
+    timed("bare vLLM, per-sample seeds", bare_seeded)
     timed("VLLMEngine.generate", engine_generate)
     timed("tinyforge eval", whole_eval)
     timed(
@@ -369,16 +376,17 @@ def part_vllm(cfg: dict[str, Any], out: dict[str, Any]) -> None:
         "bare vLLM, again",
         lambda: {**bare(), "key": "bare_again", "what": f"bare vLLM: LLM.generate, n={n}, again"},
     )
-    engine.close()
 
 
 def part_hf_generate(cfg: dict[str, Any], out: dict[str, Any]) -> None:
-    """A plain transformers sampling loop, batches of each ``--hf-batch`` size."""
+    """A plain transformers sampling loop, batches of each ``--hf-batch`` size, in the first format (a chat
+    rendered by the chat template, as the engines do)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out.update(_device(), transformers=version("transformers"))
-    n, stops = cfg["n"], prompts.stops("raw")
+    fmt = cfg["formats"][0]
+    n, stops = cfg["n"], list(_params(cfg, fmt).stop)
     start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(cfg["folder"])
     tok.padding_side = "left"
@@ -393,19 +401,30 @@ def part_hf_generate(cfg: dict[str, Any], out: dict[str, Any]) -> None:
     if sample:
         kwargs.update(temperature=cfg["temperature"], top_p=cfg["top_p"], top_k=0)
 
+    if stops:
+        kwargs.update(stop_strings=stops, tokenizer=tok)
+
+    def text(p: Prompt) -> str:
+        return (
+            p
+            if isinstance(p, str)
+            else tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+        )
+
     @torch.inference_mode()
     def generate(batch: list[str], **kw: Any) -> int:
-        enc = tok(batch, return_tensors="pt", padding=True).to("cuda")
-        gen = model.generate(**enc, stop_strings=stops, tokenizer=tok, pad_token_id=tok.pad_token_id, **kw)
+        # A rendered chat holds its special tokens already; raw text gets the usual ones.
+        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=fmt == "raw").to("cuda")
+        gen = model.generate(**enc, pad_token_id=tok.pad_token_id, **kw)
         tokens = 0
         for row in gen[:, enc.input_ids.shape[1] :].tolist():
             tokens += next((k for k, t in enumerate(row) if t in ends), len(row))
         return tokens
 
-    generate(_texts(cfg, 2), max_new_tokens=8)  # warm-up
+    generate([text(p) for p in _prompts(cfg, fmt, 2)], **{**kwargs, "max_new_tokens": 8})  # warm-up
     for size in cfg["hf_batches"]:
         rows = max(cfg["hf_rows"], size)
-        texts = [t for t in _texts(cfg, math.ceil(rows / n)) for _ in range(n)][:rows]
+        texts = [text(p) for p in _prompts(cfg, fmt, math.ceil(rows / n)) for _ in range(n)][:rows]
         log(f"transformers generate, batch {size}, {rows} rows")
         try:
             torch.manual_seed(cfg["seed"])
@@ -415,14 +434,22 @@ def part_hf_generate(cfg: dict[str, Any], out: dict[str, Any]) -> None:
             wall = time.perf_counter() - t
             note = f"first {math.ceil(rows / n)} prompts x {n}"
             out["rows"].append(
-                _row(f"transformers generate, batch {size}", wall, tokens, rows, note, key=f"hf_b{size}")
+                _row(
+                    f"transformers generate, batch {size}",
+                    wall,
+                    tokens,
+                    rows,
+                    note,
+                    key=f"hf_b{size}",
+                    format=fmt,
+                )
             )
         except Exception:
             out["errors"].append(f"transformers batch {size}: {traceback.format_exc(limit=4)}")
 
 
 def part_hf_engine(cfg: dict[str, Any], out: dict[str, Any]) -> None:
-    """tinyforge's HFEngine with its GPU defaults, cold (compiling) then warm."""
+    """tinyforge's HFEngine with its GPU defaults, cold (compiling) then warm, in the first format."""
     from tinyforge.generate.hf import HFEngine
 
     out.update(_device(), transformers=version("transformers"))
@@ -430,9 +457,10 @@ def part_hf_engine(cfg: dict[str, Any], out: dict[str, Any]) -> None:
     start = time.perf_counter()
     engine = HFEngine(resolve_model(cfg["folder"]))
     out["start_s"] = round(time.perf_counter() - start, 1)
-    texts = _texts(cfg, math.ceil(rows / n))
+    fmt = cfg["formats"][0]
+    texts = _prompts(cfg, fmt, math.ceil(rows / n))
     reqs = [GenerationRequest(t, i) for t in texts for i in range(n)][:rows]
-    params = _params(cfg)
+    params = _params(cfg, fmt)
     for run in ("cold", "warm")[: cfg["hf_engine_runs"]]:
         log(f"HFEngine, {run}, {rows} rows")
         try:
@@ -442,7 +470,15 @@ def part_hf_engine(cfg: dict[str, Any], out: dict[str, Any]) -> None:
             note = f"batch {engine.batch_size}, compile {engine.compile}, {run}; first {len(texts)} prompts x {n}"
             tokens = sum(c.completion_tokens for c in done)
             out["rows"].append(
-                _row(f"tinyforge HFEngine ({run})", wall, tokens, len(done), note, key=f"hfengine_{run}")
+                _row(
+                    f"tinyforge HFEngine ({run})",
+                    wall,
+                    tokens,
+                    len(done),
+                    note,
+                    key=f"hfengine_{run}",
+                    format=fmt,
+                )
             )
         except Exception:
             out["errors"].append(f"HFEngine {run}: {traceback.format_exc(limit=4)}")
@@ -464,17 +500,19 @@ def print_report(meta: dict[str, Any], parts: dict[str, dict[str, Any]]) -> dict
     print(f"command: {meta['command']}")
     print(f"model: {meta['model']} (sha256 {meta['model_sha256']}), folder {meta['folder']}")
     print(
-        f"work: {meta['bench']} raw, {meta['tasks']} tasks x n={meta['n']}, T={meta['temperature']}, "
+        f"work: {meta['bench']} ({', '.join(meta['formats'])}), {meta['tasks']} tasks x n={meta['n']}, "
+        f"T={meta['temperature']}, "
         f"top_p={meta['top_p']}, max {meta['max_tokens']} tokens; tinyforge {meta['git']}"
     )
     for name, p in parts.items():
         extra = ", ".join(f"{k} {p[k]}" for k in ("torch", "cuda", "vllm", "transformers") if k in p)
         start = f", model load/start {p['start_s']} s" if "start_s" in p else ""
         print(f"part {name}: {p.get('device', '?')}{start}; {extra}")
-    head = ["what", "samples", "wall s", "gen tokens", "tok/s", "notes"]
+    head = ["what", "format", "samples", "wall s", "gen tokens", "tok/s", "notes"]
     lines = [
         [
             r["what"],
+            r.get("format", ""),
             str(r["samples"]),
             f"{r['wall_s']:.1f}",
             str(r["tokens"]),
@@ -484,34 +522,51 @@ def print_report(meta: dict[str, Any], parts: dict[str, dict[str, Any]]) -> dict
         for r in rows
     ]
     widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
-    fmt = " | ".join(f"{{:{'<' if i in (0, 5) else '>'}{w}}}" for i, w in enumerate(widths))
+    fmt = " | ".join(f"{{:{'<' if i in (0, 1, 6) else '>'}{w}}}" for i, w in enumerate(widths))
     print()
     print(fmt.format(*head))
     print("-+-".join("-" * w for w in widths))
     for ln in lines:
         print(fmt.format(*ln))
-    by = {r.get("key"): r for r in rows}
+    by = {(r.get("format"), r.get("key")): r for r in rows}
     ratios: dict[str, float] = {}
-    for num, den, label in (
-        ("eval", "bare", "eval / bare vLLM (goal <= 1.2)"),
-        ("eval", "bare_seeded", "eval / bare vLLM with per-sample seeds"),
-        ("eval_again", "bare_again", "eval, again / bare vLLM, again"),
-        ("eval_no_ahead", "bare", "eval without verifying ahead / bare vLLM"),
-        ("engine", "bare", "VLLMEngine.generate / bare vLLM"),
-        ("bare_seeded", "bare", "per-sample seeds / bare vLLM"),
-    ):
-        if num in by and den in by and by[den]["wall_s"] > 0:
-            ratios[label] = round(by[num]["wall_s"] / by[den]["wall_s"], 3)
     print()
-    for label, x in ratios.items():
-        print(f"{label}: {x:.2f}x")
-    if "eval" in by and "bare" in by:
-        tail = by["eval"]["wall_s"] - by["eval"].get("generation_done_s", by["eval"]["wall_s"])
-        print(f"eval time after the last completion (verification tail): {tail:.1f} s")
+    for form in meta["formats"]:
+        for num, den, label in (
+            ("eval", "bare", "eval / bare vLLM (goal <= 1.2)"),
+            ("eval", "bare_seeded", "eval / bare vLLM with per-sample seeds"),
+            ("eval_again", "bare_again", "eval, again / bare vLLM, again"),
+            ("eval_no_ahead", "bare", "eval without verifying ahead / bare vLLM"),
+            ("engine", "bare", "VLLMEngine.generate / bare vLLM"),
+            ("bare_seeded", "bare", "per-sample seeds / bare vLLM"),
+        ):
+            a, b = by.get((form, num)), by.get((form, den))
+            if a and b and b["wall_s"] > 0:
+                ratios[f"{form}: {label}"] = x = round(a["wall_s"] / b["wall_s"], 3)
+                print(f"{form}: {label}: {x:.2f}x")
+        for key in ("eval", "eval_no_ahead", "eval_again"):
+            if r := by.get((form, key)):
+                tail = r["wall_s"] - r.get("generation_done_s", r["wall_s"])
+                print(
+                    f"{form}: {key}: generation ends at {r['generation_done_s']:.1f} s, then {tail:.1f} s of verification"
+                )
     for name, p in parts.items():
         for err in p["errors"]:
             print(f"\n[{name}] ERROR: {err}")
     return {"meta": meta, "rows": rows, "ratios": ratios, "parts": parts}
+
+
+def _formats(spec: str, folder: Path) -> list[str]:
+    """The formats of ``--format``, ``auto`` resolved by the eval's own rule for the model in ``folder``."""
+    from transformers import AutoTokenizer
+
+    from tinyforge.evaluate.run import resolve_format
+
+    class Tokenized:  # what resolve_format looks at in an engine
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+
+    out = [resolve_format(f.strip(), Tokenized()) for f in spec.split(",") if f.strip()]  # type: ignore[arg-type]
+    return list(dict.fromkeys(out))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -522,6 +577,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     ap.add_argument("--limit", type=int, help="first N HumanEval tasks (default: all 164; --quick: 16)")
+    ap.add_argument(
+        "--format",
+        default="auto",
+        help="prompt formats, comma-separated, of auto (what tinyforge eval picks for the model), raw, chat",
+    )
     ap.add_argument("--n", type=int, default=8, help="samples per task")
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--top-p", type=float, default=1.0)
@@ -548,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = hf_folder(ref, "bfloat16")
     prep = time.perf_counter() - start
     log(f"transformers folder {folder} ({prep:.0f} s)")
+    formats = _formats(args.format, folder)
     cfg = {
         "ref": {
             "kind": ref.kind,
@@ -558,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "folder": str(folder),
         "limit": limit,
+        "formats": formats,
         "n": args.n,
         "temperature": args.temperature,
         "top_p": args.top_p,
@@ -583,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         "folder_prep_s": round(prep, 1),
         "bench": BENCH,
         "tasks": tasks,
+        "formats": formats,
         **{k: cfg[k] for k in ("n", "temperature", "top_p", "max_tokens", "seed")},
         "config": cfg,
     }
