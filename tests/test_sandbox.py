@@ -376,3 +376,44 @@ def test_jobs_run_at_the_priority_asked_for() -> None:
         assert pool.run_tests("", check).passed
     with SandboxPool(workers=1) as pool:
         assert pool.run_tests("", check).status == "failed"
+
+
+def test_one_cgroup_folder_holds_every_limit_where_controllers_share_a_hierarchy(tmp_path: Path) -> None:
+    """cgroup v2 has one hierarchy: a worker's pids and memory limits go into one folder, which the worker
+    joins once (a second folder of the same name used to be made, fail, and take the first one with it)."""
+    from tinyforge.sandbox import _Cgroup
+
+    group = _Cgroup({"pids": tmp_path, "memory": tmp_path}, Limits(memory_mb=1024, max_procs=32))
+    try:
+        assert len(group.dirs) == 1 and group.dirs[0].parent == tmp_path
+        d = group.dirs[0]
+        assert (d / "pids.max").read_text() == "40"
+        memory = [f for f in ("memory.max", "memory.limit_in_bytes") if (d / f).exists()]
+        assert [(d / f).read_text() for f in memory] == [str(1536 << 20)]
+        wrapped = group.wrap(["true"])
+        assert wrapped.count(str(d / "cgroup.procs")) == 1 and wrapped[-1] == "true"
+    finally:
+        for f in group.dirs[0].iterdir():
+            f.unlink()
+        group.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def _cgroup_v2_cpu() -> bool:
+    root = Path("/sys/fs/cgroup")
+    control = root / "cgroup.subtree_control"
+    return control.exists() and "cpu" in control.read_text().split() and bool(capabilities().cgroup_root)
+
+
+@pytest.mark.skipif(not _cgroup_v2_cpu(), reason="needs writable cgroup v2 with the cpu controller on")
+def test_a_niced_worker_weighs_less_on_cgroup_v2() -> None:
+    """On cgroup v2 a nice value orders processes only inside their cgroup: each worker's cgroup gets the
+    jobs' nice as its ``cpu.weight.nice``, or every worker would weigh as much as all the work outside."""
+    with SandboxPool(workers=1, limits=Limits(nice=10)) as pool:
+        assert pool.run_tests("", "pass").passed
+        (worker,) = pool._all
+        line = Path(f"/proc/{worker.proc.pid}/cgroup").read_text().strip().splitlines()[-1]
+        folder = Path("/sys/fs/cgroup") / line.split("::", 1)[1].lstrip("/")
+        assert folder.name.startswith("tinyforge-")
+        assert (folder / "cpu.weight.nice").read_text().strip() == "10"
+        assert int((folder / "cpu.weight").read_text()) < 20  # nice 10 is weight 11 of nice 0's 100

@@ -11,7 +11,10 @@ Layers (each one on where the machine allows it; see docs/sandbox.md):
   system libraries are visible (not $HOME, not the repository's data); no network, not even the host's
   loopback; a fresh /proc that shows only the sandbox's own processes; dies with the parent.
 * cgroups (when writable, e.g. as root): a pids and a memory limit per worker, so a fork bomb or a memory
-  bomb cannot reach the host even where RLIMIT_NPROC does not apply (root).
+  bomb cannot reach the host even where RLIMIT_NPROC does not apply (root). On cgroup v2 with the cpu
+  controller on, a worker's cgroup also gets the jobs' nice value as its ``cpu.weight.nice``: there a nice
+  value only orders processes inside one cgroup, and a worker's cgroup would otherwise weigh as much as
+  all the work outside the sandbox.
 * rlimits per job: address space, file size, open files, CPU time, no core files.
 * a scrubbed environment and its own empty working directory per job.
 
@@ -68,9 +71,9 @@ class Limits:
     file_size_mb: int = 64  # largest file a job may write (RLIMIT_FSIZE)
     scratch_mb: int = 256  # size of the scratch tmpfs of a worker
     output_kb: int = 16  # stdout+stderr kept per job; the rest is drained and dropped
-    nice: int = (
-        0  # CPU priority of a job (0-19): higher yields the CPU to other work, e.g. a model generating
-    )
+    # CPU priority of a job (0-19): higher yields the CPU to other work, e.g. a model generating (the job's
+    # nice value; on cgroup v2 also its worker cgroup's cpu.weight.nice)
+    nice: int = 0
 
 
 @dataclass(frozen=True)
@@ -298,8 +301,22 @@ _caps: _Caps | None = None
 _caps_lock = threading.Lock()
 
 
+def _joins(cgroup: Path) -> bool:
+    """Whether a process of ours can move into ``cgroup`` (a throwaway shell tries; the folder is left empty)."""
+    try:
+        moved = subprocess.run(
+            ["/bin/sh", "-c", 'echo $$ > "$1"', "sh", str(cgroup / "cgroup.procs")],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return moved.returncode == 0
+
+
 def _cgroup_roots() -> dict[str, Path]:
-    """Writable cgroup folders for the pids and memory controllers (v1 or v2), if any."""
+    """Writable cgroup folders for the pids and memory controllers (v1 or v2; on v2 one folder for both) that
+    a process of ours can join, if any."""
     roots: dict[str, Path] = {}
     base = Path("/sys/fs/cgroup")
     v2 = base / "cgroup.controllers"
@@ -314,15 +331,18 @@ def _cgroup_roots() -> dict[str, Path]:
             if (base / c).is_dir():
                 candidates[c] = base / c
     for c, root in candidates.items():
-        probe = root / f"tinyforge-probe-{os.getpid()}"
+        d = root / f"tinyforge-probe-{os.getpid()}-{c}"
         try:
-            probe.mkdir()
-            ok = (probe / ("pids.max" if c == "pids" else "memory.limit_in_bytes")).exists() or (
-                probe / "memory.max"
-            ).exists()
-            probe.rmdir()
+            d.mkdir()
         except OSError:
             continue
+        try:
+            ok = (d / ("pids.max" if c == "pids" else "memory.limit_in_bytes")).exists() or (
+                d / "memory.max"
+            ).exists()
+            ok = ok and _joins(d)
+        finally:
+            _Cgroup.remove(d, time.monotonic() + 1.0)
         if ok:
             roots[c] = root
     return roots
@@ -379,55 +399,70 @@ def capabilities() -> _Caps:
 
 
 class _Cgroup:
-    """One pids (+ memory) cgroup per worker; removed on close."""
+    """One pids (+ memory) cgroup per worker (v1: a folder in each controller's hierarchy; v2: one folder
+    for both); removed on close."""
 
     _ids = itertools.count()
 
     def __init__(self, roots: dict[str, Path], limits: Limits) -> None:
         self.dirs: list[Path] = []
         name = f"tinyforge-{os.getpid()}-{next(self._ids)}"
+        controllers: dict[Path, list[str]] = {}  # cgroup v2 has one hierarchy for every controller
         for ctrl, root in roots.items():
+            controllers.setdefault(root, []).append(ctrl)
+        for root, ctrls in controllers.items():
             d = root / name
             try:
                 d.mkdir()
-                if ctrl == "pids":
-                    (d / "pids.max").write_text(str(limits.max_procs + 8))  # +zygote, init, bwrap
-                else:
-                    mem = str((limits.memory_mb + 512) << 20)
-                    target = d / "memory.max" if (d / "memory.max").exists() else d / "memory.limit_in_bytes"
-                    target.write_text(mem)
-                self.dirs.append(d)
             except OSError:
-                with contextlib.suppress(OSError):
-                    d.rmdir()
+                continue
+            try:
+                for ctrl in ctrls:
+                    if ctrl == "pids":
+                        (d / "pids.max").write_text(str(limits.max_procs + 8))  # +zygote, init, bwrap
+                    else:
+                        mem = str((limits.memory_mb + 512) << 20)
+                        v2 = (d / "memory.max").exists()
+                        (d / "memory.max" if v2 else d / "memory.limit_in_bytes").write_text(mem)
+                if limits.nice and (d / "cpu.weight.nice").exists():
+                    (d / "cpu.weight.nice").write_text(str(limits.nice))
+            except OSError:
+                self.remove(d, time.monotonic() + 1.0)
+                continue
+            self.dirs.append(d)
 
     def wrap(self, cmd: list[str]) -> list[str]:
-        """Prefix `cmd` so that it enters the cgroups before it starts anything."""
+        """Prefix `cmd` so that it enters the cgroups before it starts anything (or does not start)."""
         if not self.dirs:
             return cmd
         procs = [str(d / "cgroup.procs") for d in self.dirs]
         script = (
-            'for f in "$@"; do case "$f" in --) break;; esac; echo $$ > "$f"; done; '
+            'for f in "$@"; do case "$f" in --) break;; esac; echo $$ > "$f" || exit 1; done; '
             'while [ "$1" != "--" ]; do shift; done; shift; exec "$@"'
         )
         return ["/bin/sh", "-c", script, "sh", *procs, "--", *cmd]
 
+    @staticmethod
+    def remove(d: Path, deadline: float) -> None:
+        """Remove one cgroup folder; it stays busy for a moment after its processes were killed, so retry
+        until ``deadline`` (``time.monotonic()``)."""
+        while True:
+            try:
+                d.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    log.debug("cgroup %s still busy; left behind", d)
+                    return
+                time.sleep(0.02)
+
     def close(self, deadline: float | None = None) -> None:
-        """Remove the cgroup folders; a folder stays busy for a moment after its processes were killed, so
-        retry until ``deadline`` (``time.monotonic()``; default: one second from now)."""
+        """Remove the cgroup folders, retrying until ``deadline`` (default: one second from now)."""
         deadline = time.monotonic() + 1.0 if deadline is None else deadline
         for d in self.dirs:
-            while True:
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        log.debug("cgroup %s still busy; left behind", d)
-                        break
-                    time.sleep(0.02)
+            self.remove(d, deadline)
 
 
 class _Worker:
