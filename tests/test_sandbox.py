@@ -417,3 +417,34 @@ def test_a_niced_worker_weighs_less_on_cgroup_v2() -> None:
         assert folder.name.startswith("tinyforge-")
         assert (folder / "cpu.weight.nice").read_text().strip() == "10"
         assert int((folder / "cpu.weight").read_text()) < 20  # nice 10 is weight 11 of nice 0's 100
+
+
+@pytest.mark.skipif(not capabilities().bwrap, reason="needs bubblewrap (namespaces)")
+def test_a_python_side_under_tmp_is_seen_inside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tinyforge (or the Python installation) in a folder under /tmp, as in a checkout or venv made there:
+    the sandbox's scratch /tmp must not hide it (it did: its worker never started)."""
+    import shutil
+    import tempfile
+
+    import tinyforge.sandbox as sandbox
+
+    home = Path(tempfile.mkdtemp(prefix="tinyforge-side-", dir="/tmp"))
+    try:
+        package = home / "tinyforge"
+        shutil.copytree(sandbox._CHILD.parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+        monkeypatch.setattr(sandbox, "_CHILD", package / sandbox._CHILD.name)
+        sandbox._bind_args.cache_clear()
+        with SandboxPool(workers=1) as p:
+            assert p.run_tests(ADD, ADD_TESTS).passed
+            # the folder is there read-only, and the rest of the host's /tmp is not
+            there = f"import os\nassert os.listdir({str(home)!r}) == ['tinyforge']\n"
+            assert p.run_tests("", there + f"assert not os.access({str(package)!r}, os.W_OK)\n").passed
+            other = home.parent / f"tinyforge-other-{uuid.uuid4().hex}"
+            other.mkdir()
+            try:
+                assert p.run_tests("", f"import os\nassert not os.path.exists({str(other)!r})\n").passed
+            finally:
+                other.rmdir()
+    finally:
+        sandbox._bind_args.cache_clear()
+        shutil.rmtree(home)

@@ -183,6 +183,9 @@ def _import_paths() -> list[str]:
     return json.loads(out.stdout) if out.returncode == 0 else []
 
 
+_SANDBOX_OWN = ("/", "/tmp", "/dev", "/dev/shm", "/proc")
+
+
 def _readable_roots() -> list[str]:
     """Folders the sandboxed interpreter must see: the Python installation(s) and its import paths."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
@@ -195,6 +198,8 @@ def _readable_roots() -> list[str]:
     out = [p for p in system if os.path.exists(p)]
     for p in sorted(paths, key=len):
         rp = os.path.realpath(p)
+        if rp in _SANDBOX_OWN:  # never the host's whole /tmp or /dev over the sandbox's own
+            continue
         if not any(rp == q or rp.startswith(q.rstrip("/") + "/") for q in out):
             out.append(rp)
     return out
@@ -265,7 +270,13 @@ def _bwrap_command(python: str, limits: Limits) -> list[str]:
         "TINYFORGE_SCRATCH",
         "/tmp",
     ]
+    # The scratch /tmp first, the read-only folders after: a Python installation or tinyforge itself under
+    # /tmp (a checkout or venv there) is bound on top of the scratch instead of hidden under it.
     cmd += [
+        "--size",
+        str(limits.scratch_mb << 20),
+        "--tmpfs",
+        "/tmp",
         *_bind_args(),
         "--proc",
         "/proc",
@@ -275,10 +286,6 @@ def _bwrap_command(python: str, limits: Limits) -> list[str]:
         str(16 << 20),
         "--tmpfs",
         "/dev/shm",
-        "--size",
-        str(limits.scratch_mb << 20),
-        "--tmpfs",
-        "/tmp",
         "--remount-ro",
         "/",
         "--chdir",
