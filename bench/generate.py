@@ -18,7 +18,9 @@ Qwen2.5-Coder-0.5B-Instruct (the embedded GGUF, converted once to a bf16 transfo
   notes say when the first and the last completion arrived (the rest is verification after generation),
   and ``timeline`` lists the last sandbox jobs to finish (sent, done, verdict, run time). Run three times:
   verifying finished functions ahead of their completions (``verify_ahead``, the default), without it, and
-  with it again; then bare vLLM once more (how much the same work moves between runs);
+  with it again; then bare vLLM once more (how much the same work moves between runs). ``--pairs P`` adds
+  P-2 more (eval, bare vLLM) pairs, and the report gives each pair's ratio, their median and the median eval
+  over the median bare run (one run's ratio moves by ~10 % on the same machine);
 * transformers ``generate`` in batches of 8 (and 256) on the first prompts: a plain sampling loop
   (left padding, the same stop strings);
 * tinyforge ``HFEngine`` (GPU defaults: bf16, batch 256, static cache + torch.compile), cold (compiling)
@@ -45,6 +47,7 @@ import math
 import os
 import platform
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -376,6 +379,12 @@ def _vllm_rows(cfg: dict[str, Any], out: dict[str, Any], fmt: str, engine: Any) 
         "bare vLLM, again",
         lambda: {**bare(), "key": "bare_again", "what": f"bare vLLM: LLM.generate, n={n}, again"},
     )
+    for k in range(3, cfg.get("pairs", 2) + 1):  # more (eval, bare) pairs: single runs vary by ~10 %
+        timed(f"tinyforge eval, pair {k}", lambda k=k: whole_eval(True, f"eval_{k}", f", pair {k}"))
+        timed(
+            f"bare vLLM, pair {k}",
+            lambda k=k: {**bare(), "key": f"bare_{k}", "what": f"bare vLLM: LLM.generate, n={n}, pair {k}"},
+        )
 
 
 def part_hf_generate(cfg: dict[str, Any], out: dict[str, Any]) -> None:
@@ -544,7 +553,22 @@ def print_report(meta: dict[str, Any], parts: dict[str, dict[str, Any]]) -> dict
             if a and b and b["wall_s"] > 0:
                 ratios[f"{form}: {label}"] = x = round(a["wall_s"] / b["wall_s"], 3)
                 print(f"{form}: {label}: {x:.2f}x")
-        for key in ("eval", "eval_no_ahead", "eval_again"):
+        pairs = [("eval", "bare"), ("eval_again", "bare_again")]
+        pairs += [(f"eval_{k}", f"bare_{k}") for k in range(3, meta["config"].get("pairs", 2) + 1)]
+        got = [
+            (by[(form, e)]["wall_s"], by[(form, b)]["wall_s"])
+            for e, b in pairs
+            if (form, e) in by and (form, b) in by and by[(form, b)]["wall_s"] > 0
+        ]
+        if len(got) > 1:
+            each = sorted(e / b for e, b in got)
+            mid = statistics.median(e for e, _ in got) / statistics.median(b for _, b in got)
+            ratios[f"{form}: median eval / median bare vLLM, {len(got)} pairs"] = round(mid, 3)
+            print(
+                f"{form}: eval / bare vLLM over {len(got)} pairs: {', '.join(f'{x:.2f}' for x in each)}; "
+                f"median {statistics.median(each):.2f}x; median eval / median bare {mid:.2f}x"
+            )
+        for key in ("eval", "eval_no_ahead", "eval_again", *(e for e, _ in pairs[2:])):
             if r := by.get((form, key)):
                 tail = r["wall_s"] - r.get("generation_done_s", r["wall_s"])
                 print(
@@ -587,6 +611,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=2,
+        help="(eval, bare vLLM) pairs per format, the first two as before (default 2); the report adds medians",
+    )
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.85)
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument(
@@ -631,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         "hf_rows": args.hf_rows or (16 if args.quick else 64),
         "hf_engine_rows": args.hf_engine_rows or (32 if args.quick else 256),
         "hf_engine_runs": 1 if args.quick else 2,
+        "pairs": max(2, args.pairs),
     }
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     meta = {
