@@ -413,10 +413,10 @@ def _worker_cgroup(pool: SandboxPool) -> Path:
 
 
 @pytest.mark.skipif(not _cgroup_v2_cpu(), reason="needs writable cgroup v2 with the cpu controller on")
-def test_a_niced_worker_weighs_least_on_cgroup_v2() -> None:
-    """On cgroup v2 a nice value orders processes only inside their cgroup: a niced worker's cgroup gets the
-    lowest CPU weight, or every worker would weigh as much as all the work outside the sandbox together."""
-    for nice, weight in ((10, "1"), (0, "100")):
+def test_a_niced_worker_weighs_less_on_cgroup_v2() -> None:
+    """On cgroup v2 a nice value orders processes only inside their cgroup: a niced worker's cgroup takes the
+    nice value as its weight, or every worker would weigh as much as the caller's whole cgroup."""
+    for nice, weight in ((10, "11"), (0, "100")):
         with SandboxPool(workers=1, limits=Limits(nice=nice)) as pool:
             assert pool.run_tests("", "pass").passed
             folder = _worker_cgroup(pool)

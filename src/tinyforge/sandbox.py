@@ -12,9 +12,9 @@ Layers (each one on where the machine allows it; see docs/sandbox.md):
   loopback; a fresh /proc that shows only the sandbox's own processes; dies with the parent.
 * cgroups (when writable, e.g. as root): a pids and a memory limit per worker, so a fork bomb or a memory
   bomb cannot reach the host even where RLIMIT_NPROC does not apply (root). On cgroup v2 with the cpu
-  controller on, the cgroup of a worker whose jobs are niced gets the lowest CPU weight: there a nice
-  value only orders processes inside one cgroup, and each worker's cgroup would otherwise weigh as much as
-  all the work outside the sandbox together.
+  controller on, a worker's cgroup also gets its jobs' nice value as ``cpu.weight.nice``: there a nice
+  value only orders processes inside one cgroup, and a worker's cgroup would otherwise weigh as much as
+  the caller's whole cgroup.
 * rlimits per job: address space, file size, open files, CPU time, no core files.
 * a scrubbed environment and its own empty working directory per job.
 
@@ -72,7 +72,7 @@ class Limits:
     scratch_mb: int = 256  # size of the scratch tmpfs of a worker
     output_kb: int = 16  # stdout+stderr kept per job; the rest is drained and dropped
     # CPU priority of a job (0-19): higher yields the CPU to other work, e.g. a model generating (the job's
-    # nice value; on cgroup v2 with the cpu controller on, its worker's cgroup also gets the lowest weight)
+    # nice value; on cgroup v2 with the cpu controller on, also its worker cgroup's cpu.weight.nice)
     nice: int = 0
 
 
@@ -435,12 +435,13 @@ class _Cgroup:
                 self.remove(d, time.monotonic() + 1.0)
                 continue
             self.dirs.append(d)
-            if limits.nice and (d / "cpu.weight").exists():
+            if limits.nice and (d / "cpu.weight.nice").exists():
                 # v2 with the cpu controller on: a nice value orders processes only inside their cgroup,
-                # and this one would weigh as much as everything outside the sandbox together. The lowest
-                # weight makes a job yield as a niced process would (idle CPUs are still all its own).
+                # and this one would weigh as much as the caller's whole cgroup; the cgroup takes the nice
+                # value instead (nice 10: weight 11 of 100). Not lower: a job starved of CPU beside a busy
+                # caller could run into its wall-clock time limit and fail a program that is right.
                 with contextlib.suppress(OSError):
-                    (d / "cpu.weight").write_text("1")
+                    (d / "cpu.weight.nice").write_text(str(limits.nice))
 
     def wrap(self, cmd: list[str]) -> list[str]:
         """Prefix `cmd` so that it enters the cgroups before it starts anything (or does not start)."""
