@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from typer.testing import CliRunner
@@ -16,23 +19,11 @@ from tinyforge.experiment import ExperimentSpec, load_spec, recipe_config, run_e
 from tinyforge.recipe import MACHINE_SETTINGS, RecipeError
 from tinyforge.report import write_report
 
+if TYPE_CHECKING:
+    from conftest import SmallRecipe
+
 SPECS = Path(__file__).resolve().parents[1] / "configs" / "experiments"
 MODEL = "qwen2.5-coder-0.5b-instruct"
-
-# The recipe test's small setting (tests/test_recipe.py): with seed 1 the model is at the edge on a few
-# seeded MBPP-train problems, so pairs are mined.
-SMALL_RECIPE = """
-recipe:
-  seed: 1
-  problems: 8
-  seeded: mbpp-train
-  dtype: bfloat16
-  solve: {k: 4, temperature: 1.0, max_new_tokens: 256}
-  mine: {mode: multi, exclude: []}
-  train: {epochs: 1, grad_accum: 2, max_len: 1024}
-  eval: {limit: 2, max_new_tokens: 256}
-  workers: 2
-"""
 
 
 def test_builtin_specs_load_with_their_recipes() -> None:
@@ -88,10 +79,12 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()  # nothing started
 
 
-def _spec(tmp_path: Path, name: str, text: str) -> ExperimentSpec:
+def _spec(tmp_path: Path, name: str, text: str, small: SmallRecipe) -> ExperimentSpec:
+    """An experiment of kind ``text`` on the small recipe's settings (conftest.py)."""
+    recipe = f"seed: {small.seed}\n{small.config.read_text()}"
     path = tmp_path / f"{name}.yaml"
-    path.write_text(text + SMALL_RECIPE)
-    return load_spec(path, model=MODEL)
+    path.write_text(text + "recipe:\n" + textwrap.indent(recipe, "  "))
+    return load_spec(path, model=small.model)
 
 
 def _samples(folder: Path) -> list[dict]:
@@ -99,9 +92,11 @@ def _samples(folder: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_synergy_and_pair_scaling_share_one_recipe_run(tmp_path: Path) -> None:
+def test_synergy_and_pair_scaling_share_one_recipe_run(small_recipe: SmallRecipe, tmp_path: Path) -> None:
     out = tmp_path / "exp"
-    synergy = run_experiment(_spec(tmp_path, "syn", "kind: synergy\nn: 3\n"), out)
+    # The recipe run of the same settings (conftest.py) is the experiment's own: read back, not redone.
+    shutil.copytree(small_recipe.run, out / "recipe")
+    synergy = run_experiment(_spec(tmp_path, "syn", "kind: synergy\nn: 3\n", small_recipe), out)
     recipe = json.loads((out / "recipe" / "result.json").read_text())
     assert recipe["rounds"][0]["pairs"]["pairs"] > 0
     syn = synergy["synergy"]["by_eval"]["humaneval/auto"]
@@ -123,7 +118,9 @@ def test_synergy_and_pair_scaling_share_one_recipe_run(tmp_path: Path) -> None:
     # Pair-count scaling on the same folder: the recipe run is read back, not redone.
     attempts = out / "recipe" / "round-1" / "attempts.jsonl"
     before = attempts.stat().st_mtime_ns
-    spec = _spec(tmp_path, "ps", "kind: pair_scaling\npair_counts: [1, all, 999]\nseeds: [0, 1]\n")
+    spec = _spec(
+        tmp_path, "ps", "kind: pair_scaling\npair_counts: [1, all, 999]\nseeds: [0, 1]\n", small_recipe
+    )
     scaling = run_experiment(spec, out)
     assert attempts.stat().st_mtime_ns == before
     mined = scaling["pair_scaling"]["mined"]
@@ -165,7 +162,6 @@ RECORDED = Path(__file__).resolve().parents[1] / "docs" / "runs" / "exp-qwen0.5b
 def test_recorded_gpu_experiment_rebuilds_from_its_records(tmp_path: Path, spec_file: str) -> None:
     """The recorded GPU experiment (docs/runs, samples trimmed, adapters and cache left out) rebuilds its
     own result from the recorded stages and scores: nothing is generated or trained, the numbers match."""
-    import shutil
 
     def no_engine(adapter: str | None):  # a rebuild must not need the model
         raise AssertionError(f"a model was loaded (adapter {adapter})")

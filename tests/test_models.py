@@ -194,3 +194,23 @@ def test_a_gguf_tokenizer_that_drops_its_bos_token_is_refused(smol_file: Path, t
     with pytest.raises(ModelError, match=r"without its <\|im_start\|> token.*transformers>=5\.23") as e:
         models.check_gguf_tokenizer(tok, wants_bos, "m")
     assert "\n" not in str(e.value)
+
+
+def test_a_gguf_model_loads_from_memory_where_its_converted_copy_cannot_be_kept(
+    smol_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``load_model`` reads a GGUF model through its converted folder; where that folder cannot be written
+    (here a models folder that is a file, so nothing can be made under it) it warns in one line and
+    dequantizes the file in memory: the same model, nothing left behind."""
+    torch = pytest.importorskip("torch")
+    ref = resolve_model(SMOL)
+    want, _ = models.load_model(ref)  # through the converted copy in the usual models folder
+    blocked = tmp_path / "models"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("TINYFORGE_MODELS_DIR", str(blocked))
+    with pytest.warns(RuntimeWarning, match=r"cannot keep a converted copy of smollm2-135m-instruct") as w:
+        got, tok = models.load_model(ref)
+    assert len(w) == 1 and "\n" not in str(w[0].message)
+    assert tok("def f():").input_ids and blocked.read_text() == "not a folder"
+    a, b = want.state_dict(), got.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

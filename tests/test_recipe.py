@@ -1,38 +1,27 @@
-"""The recipe end to end (`tinyforge bootstrap`): settings, and a real run on SmolLM2 killed with SIGKILL at
-several points and resumed, which must end with the same records as a run that was never interrupted."""
+"""The recipe end to end (`tinyforge bootstrap`): settings, and a real run (Qwen2.5-Coder-0.5B, the small
+recipe of conftest.py) killed with SIGKILL at several points and resumed, which must end with the same
+records as a run that was never interrupted."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tinyforge.recipe import RecipeConfig, RecipeError, bootstrap, load_config
 
-MODEL = "smollm2-135m-instruct"
-RECIPE_MODEL = "qwen2.5-coder-0.5b-instruct"
+if TYPE_CHECKING:
+    from conftest import SmallRecipe
 
-# Small enough for CI, large enough that the model is at the edge on some MBPP-train problems. Seeded
-# problems and the 0.5B model: SmolLM2 solves none of them (0 of 64 attempts) and cannot write problems that
-# pass their own tests, so it would mine nothing.
-SMALL = """
-problems: 8
-seeded: mbpp-train
-dtype: bfloat16
-solve: {k: 4, temperature: 1.0, max_new_tokens: 256}
-mine: {mode: multi, exclude: []}
-train: {epochs: 1, grad_accum: 2, save_every: 1, max_len: 1024}
-eval: {limit: 2, max_new_tokens: 256}
-workers: 2
-control: true
-"""
+MODEL = "smollm2-135m-instruct"
 
 
 def test_config_from_yaml_with_overrides(tmp_path: Path) -> None:
@@ -77,11 +66,6 @@ def test_a_run_folder_keeps_its_settings(tmp_path: Path) -> None:
         bootstrap(cfg.model_copy(update={"rounds": 2, "control": True}), tmp_path, stop_after="problems")
 
 
-def _cli(run: Path, config: Path) -> list[str]:
-    return [sys.executable, "-m", "tinyforge.cli", "bootstrap", "--model", RECIPE_MODEL, "--out", str(run),
-            "--config", str(config), "--seed", "1"]  # fmt: skip
-
-
 def _run_until(cmd: list[str], ready: Callable[[], bool], timeout: float = 900) -> bool:
     """Start ``cmd``; SIGKILL it as soon as ``ready()``; True if it was killed, False if it ended first."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -106,11 +90,11 @@ def _records(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_bootstrap_killed_and_resumed_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    config = tmp_path / "small.yaml"
-    config.write_text(SMALL)
+def test_bootstrap_killed_and_resumed_matches_an_uninterrupted_run(
+    small_recipe: SmallRecipe, tmp_path: Path
+) -> None:
     ref, run = tmp_path / "ref", tmp_path / "run"
-    subprocess.run(_cli(ref, config), check=True, capture_output=True, text=True, timeout=1200)
+    shutil.copytree(small_recipe.run, ref)  # the uninterrupted run (conftest.py); round 2 goes on from it
 
     r1 = run / "round-1"
     kill_points = [
@@ -119,9 +103,9 @@ def test_bootstrap_killed_and_resumed_matches_an_uninterrupted_run(tmp_path: Pat
         ("while evaluating after", lambda: (run / "eval" / "before-humaneval-auto" / "result.json").is_file()
          and (r1 / "train" / "adapter").is_dir()),
     ]  # fmt: skip
-    killed = [name for name, ready in kill_points if _run_until(_cli(run, config), ready)]
+    killed = [name for name, ready in kill_points if _run_until(small_recipe.cli(run), ready)]
     assert "while solving" in killed  # the first kill always lands: solving takes most of a minute
-    _run_until(_cli(run, config), lambda: False)  # and the last run finishes
+    _run_until(small_recipe.cli(run), lambda: False)  # and the last run finishes
 
     for name in ("problems.jsonl", "pairs.jsonl"):
         assert (r1 / name).read_text() == (ref / "round-1" / name).read_text(), name
@@ -143,7 +127,7 @@ def test_bootstrap_killed_and_resumed_matches_an_uninterrupted_run(tmp_path: Pat
     assert result["complete"] and result["before"] == want_result["before"]
     assert result["rounds"][0]["scores"] == want_result["rounds"][0]["scores"]
     assert result["rounds"][0]["pairs"] == want_result["rounds"][0]["pairs"]
-    assert (run / "report.md").read_text().startswith(f"# tinyforge bootstrap: {RECIPE_MODEL}")
+    assert (run / "report.md").read_text().startswith(f"# tinyforge bootstrap: {small_recipe.model}")
     ctrl = result["control"]
     assert ctrl == want_result["control"]
     assert ctrl["pairs"]["pairs"] == result["rounds"][0]["trained_on"]  # as many control pairs as real ones
@@ -152,7 +136,7 @@ def test_bootstrap_killed_and_resumed_matches_an_uninterrupted_run(tmp_path: Pat
     # A second round on the finished run: new problems, solved with round 1's adapter; a fresh LoRA on the
     # pairs of both rounds; round 1's records untouched.
     subprocess.run(
-        [*_cli(ref, config), "--rounds", "2"], check=True, capture_output=True, text=True, timeout=1200
+        small_recipe.cli(ref, "--rounds", "2"), check=True, capture_output=True, text=True, timeout=1200
     )
     two = _records_json(ref / "result.json")
     assert [r["round"] for r in two["rounds"]] == [1, 2] and two["rounds"][0] == want_result["rounds"][0]

@@ -7,11 +7,9 @@ cache), which loads in a second where the GGUF file takes ~15 s; one run trains 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +56,10 @@ def tokenizer(gguf: ModelRef) -> Any:
 
 
 @pytest.fixture(scope="module")
-def smol(gguf: ModelRef, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelRef]:
-    """SmolLM2 as a float32 transformers folder (the same weights; fast to load), in a fresh cache that is
-    removed afterwards (517 MiB)."""
-    cache = tmp_path_factory.mktemp("tinyforge-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TINYFORGE_CACHE_DIR", str(cache))
-        mp.setenv("TINYFORGE_MODELS_DIR", str(cache / "models"))
-        folder = hf_folder(gguf, "float32")
-    yield resolve_model(folder)
-    shutil.rmtree(cache, ignore_errors=True)
+def smol(gguf: ModelRef) -> ModelRef:
+    """SmolLM2 as a float32 transformers folder: the converted copy ``load_model`` reads the GGUF through
+    (the same weights; fast to load)."""
+    return resolve_model(hf_folder(gguf, "float32"))
 
 
 @pytest.fixture(scope="module")

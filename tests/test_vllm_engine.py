@@ -85,16 +85,18 @@ def smol_hf(smol_ref: ModelRef, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def test_hf_folder_converts_a_gguf_once(
     smol_ref: ModelRef, smol_hf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert smol_hf.name == f"{smol_ref.sha256[:16]}-bfloat16" and smol_hf.parent.name == "hf"
+    want_name = f"{smol_ref.sha256[:16]}-bfloat16-transformers-{transformers.__version__}"
+    assert smol_hf.name == want_name and smol_hf.parent.name == "hf"
     assert [p.name for p in smol_hf.parent.iterdir()] == [smol_hf.name]  # no temporary folder left
     config = json.loads((smol_hf / "config.json").read_text())
     assert "quantization_config" not in config
     # Plain transformers, no GGUF involved, gives the GGUF-loaded model's greedy tokens (same dtype).
     folder_model = AutoModelForCausalLM.from_pretrained(smol_hf, dtype=torch.bfloat16).eval()
     folder_tok = AutoTokenizer.from_pretrained(smol_hf)
-    gguf_model, gguf_tok = load_model(smol_ref, "bfloat16")
+    gguf_model, gguf_tok = models._dequantize(smol_ref, "bfloat16")
     prompt = load_benchmark("humaneval")[2].prompt
     ids = gguf_tok(prompt, return_tensors="pt").input_ids
     assert folder_tok(prompt, return_tensors="pt").input_ids.tolist() == ids.tolist()
@@ -111,8 +113,13 @@ def test_hf_folder_converts_a_gguf_once(
     def no_load(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(models, "load_model", no_load)
+    monkeypatch.setattr(models, "_dequantize", no_load)
     assert hf_folder(smol_ref) == smol_hf
+    # load_model reads a GGUF model through that folder: the dequantized weights, bit for bit.
+    model, _ = load_model(smol_ref, "bfloat16")
+    want_weights, got_weights = gguf_model.state_dict(), model.state_dict()
+    assert want_weights.keys() == got_weights.keys()
+    assert all(torch.equal(want_weights[k], got_weights[k]) for k in want_weights)
 
 
 def test_hf_folder_passes_folders_and_hub_ids_through(tmp_path: Path) -> None:
@@ -129,7 +136,7 @@ def test_a_failed_conversion_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp
             (Path(folder) / "model.safetensors").write_bytes(b"half")
             raise OSError("disk full")
 
-    monkeypatch.setattr(models, "load_model", lambda ref, dtype, device: (Broken(), Broken()))
+    monkeypatch.setattr(models, "_dequantize", lambda ref, dtype: (Broken(), Broken()))
     ref = ModelRef("gguf", str(tmp_path), "f" * 64, "x.gguf")
     with pytest.raises(OSError, match="disk full"):
         hf_folder(ref)
