@@ -39,7 +39,7 @@ def _timed(fn: Callable[..., Any], args: tuple[Any, ...], repeat: int) -> tuple[
     """Wall times of ``repeat`` calls of ``fn(*args)``, and the last call's result."""
     times, out = [], None
     for _ in range(repeat):
-        out = None
+        out = None  # the previous call's model is freed before the next one loads
         gc.collect()
         t0 = time.perf_counter()
         out = fn(*args)

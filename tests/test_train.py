@@ -1,8 +1,9 @@
 """The LoRA training stage on the real SmolLM2-135M-Instruct, on the CPU: encoding and masking, a short
 run that teaches the model something, exact resume after a SIGKILL, determinism, and bad input.
 
-Most runs train from SmolLM2 converted once to a float32 transformers folder (``hf_folder``, in a temporary
-cache), which loads in a second where the GGUF file takes ~15 s; one run trains from the embedded GGUF."""
+Most runs train from SmolLM2 as a model folder: the float32 transformers folder ``hf_folder`` converts the
+GGUF file to (the one ``load_model`` reads the embedded model through); one run trains from the embedded
+name itself."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def gguf() -> ModelRef:
 
 @pytest.fixture(scope="module")
 def tokenizer(gguf: ModelRef) -> Any:
-    """The tokenizer the engines use for SmolLM2 (read from the GGUF file, as ``load_model`` does)."""
+    """The tokenizer the engines use for SmolLM2, read from the GGUF file (the converted folder that
+    ``load_model`` reads holds this tokenizer, saved)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(gguf.path, gguf_file=gguf.gguf_file)
